@@ -1,0 +1,1 @@
+"""twinchat's asyncio server: one event loop, one task per connection."""

@@ -1,0 +1,1 @@
+"""twinchat's threaded server: one thread per connection, blocking reads."""

@@ -1,0 +1,138 @@
+"""Every Prometheus metric the servers export, defined once.
+
+Both servers import these objects, so their metric names are identical. No
+label carries a room, user or session name: label values come from small
+fixed sets, and every combination is created at import so its series exists
+from the first scrape.
+
+The client library's default process collector adds
+``process_resident_memory_bytes``, ``process_open_fds`` and
+``process_cpu_seconds_total``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from common.chat import DisconnectReason, DropReason, Outcome
+
+# The *_created series double the exposition for no use on a dashboard.
+disable_created_metrics()
+
+REJECT_REASONS = ("capacity", "overload", "handshake")
+
+# Seconds, from 100 µs to 10 s: fan-out of a small room is sub-millisecond, a
+# saturated server's is seconds.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+CONNECTIONS = Gauge("chat_connections", "WebSocket connections open now.")
+CONNECTIONS_OPENED = Counter(
+    "chat_connections_opened", "WebSocket connections accepted (handshake completed)."
+)
+CONNECTIONS_REJECTED = Counter(
+    "chat_connections_rejected",
+    "Connections refused: capacity (--max-connections), overload (fd or thread "
+    "limit), handshake (bad or timed-out handshake).",
+    ["reason"],
+)
+DISCONNECTS = Counter("chat_disconnects", "Connections ended, by reason.", ["reason"])
+MESSAGES_RECEIVED = Counter("chat_messages_received", "Text frames received from clients.")
+MESSAGES_DELIVERED = Counter(
+    "chat_messages_delivered", "Chat messages handed to members (one per member per say)."
+)
+MESSAGES_DROPPED = Counter(
+    "chat_messages_dropped",
+    "Client frames not acted on (rate_limited, invalid) and queued frames "
+    "discarded with a slow consumer.",
+    ["reason"],
+)
+FANOUT_SECONDS = Histogram(
+    "chat_fanout_seconds",
+    "From receiving a say to handing the message to its room's last member.",
+    buckets=LATENCY_BUCKETS,
+)
+ROOMS = Gauge("chat_rooms", "Rooms with at least one member.")
+THREADS = Gauge("chat_threads", "OS threads of the server process.")
+SERVER_INFO = Gauge(
+    "chat_server_info", "Which server this is.", ["implementation", "loop", "python"]
+)
+EVENT_LOOP_LAG = Histogram(
+    "chat_event_loop_lag_seconds",
+    "How late the event loop ran a timer that was due (asyncio server only).",
+    buckets=LATENCY_BUCKETS,
+)
+
+for _reason in REJECT_REASONS:
+    CONNECTIONS_REJECTED.labels(_reason)
+for _reason in DisconnectReason:
+    DISCONNECTS.labels(_reason.value)
+for _reason in DropReason:
+    MESSAGES_DROPPED.labels(_reason.value)
+
+
+def _os_threads() -> int:
+    """Threads of this process as the kernel counts them (Linux), else 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+THREADS.set_function(_os_threads)
+
+
+def start(
+    implementation: str,
+    loop: str,
+    *,
+    host: str,
+    port: int,
+    connections,
+    rooms,
+):
+    """Publish the server's identity and live gauges, and serve /metrics.
+
+    ``connections`` and ``rooms`` are callables read at scrape time. Returns
+    the HTTP server and its thread (``None`` when ``port`` is 0), so the
+    caller can shut it down.
+    """
+    SERVER_INFO.labels(implementation, loop, platform.python_version()).set(1)
+    CONNECTIONS.set_function(connections)
+    ROOMS.set_function(rooms)
+    if not port:
+        return None
+    return start_http_server(port, addr=host)
+
+
+def record(outcome: Outcome, received_at: float) -> None:
+    """Count one handled client frame; ``received_at`` is its ``time.perf_counter()``."""
+    MESSAGES_RECEIVED.inc()
+    if outcome.dropped is not None:
+        MESSAGES_DROPPED.labels(outcome.dropped.value).inc()
+    if outcome.delivered:
+        MESSAGES_DELIVERED.inc(outcome.delivered)
+        FANOUT_SECONDS.observe(time.perf_counter() - received_at)
+
+
+def disconnected(reason: DisconnectReason) -> None:
+    DISCONNECTS.labels(reason.value).inc()
+
+
+def rejected(reason: str) -> None:
+    CONNECTIONS_REJECTED.labels(reason).inc()

@@ -1,0 +1,22 @@
+"""``python -m threaded_server``: run the thread-per-connection twinchat server."""
+
+from __future__ import annotations
+
+import sys
+
+from common.config import configure_logging, parse_config
+from threaded_server.server import ChatServer
+
+DEFAULT_PORT = 8001
+DEFAULT_METRICS_PORT = 9101
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config("threaded", DEFAULT_PORT, DEFAULT_METRICS_PORT, argv)
+    configure_logging(config.log_level)
+    ChatServer(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
