@@ -1,7 +1,8 @@
 """The web chat page (common/static/index.html) driven in real headless Chromium.
 
 Uses Debian's /usr/bin/chromium through Playwright (its own browser download
-cannot work here), against both servers started as real subprocesses.
+cannot work here), against both servers started as real subprocesses (the
+``server`` fixture of conftest.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from loadtest.serverproc import KINDS, ServerProcess, running_server
+from loadtest.serverproc import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,12 +38,6 @@ pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"
 )
 expect.set_options(timeout=TIMEOUT_MS)
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def chat_server(request) -> Iterator[ServerProcess]:
-    with running_server(request.param) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -96,31 +91,31 @@ def messages(page: Page, room: str):
     return page.locator(f'.log[data-room="{room}"] .msg')
 
 
-def test_page_served_as_html(chat_server: ServerProcess) -> None:
+def test_page_served_as_html(server: ServerProcess) -> None:
     """GET / answers 200 with the chat page as text/html."""
-    with urllib.request.urlopen(chat_server.http_url + "/", timeout=10) as resp:
+    with urllib.request.urlopen(server.http_url + "/", timeout=10) as resp:
         assert resp.status == 200
         assert resp.headers.get_content_type() == "text/html"
         body = resp.read().decode()
     assert "<title>twinchat</title>" in body
 
 
-def test_page_shows_implementation_and_errors(chat_server: ServerProcess, open_page) -> None:
+def test_page_shows_implementation_and_errors(server: ServerProcess, open_page) -> None:
     """The page shows which server it talks to, joins lobby, and displays server errors."""
-    page = open_page(chat_server.http_url, "ada")
-    expect(page.locator("#impl")).to_have_text(f"server: {chat_server.kind}")
-    expect(page).to_have_title(f"twinchat · {chat_server.kind}")
+    page = open_page(server.http_url, "ada")
+    expect(page.locator("#impl")).to_have_text(f"server: {server.kind}")
+    expect(page).to_have_title(f"twinchat · {server.kind}")
     expect(page.locator('#rooms button[data-room="lobby"]')).to_be_visible()
     expect(page.locator("#whoami")).to_have_text("ada")
     page.evaluate("send({type: 'shout'})")  # a message type the server does not know
     expect(page.get_by_role("alert").filter(has_text="unknown_type")).to_be_visible()
 
 
-def test_two_pages_see_each_others_messages(chat_server: ServerProcess, open_page) -> None:
+def test_two_pages_see_each_others_messages(server: ServerProcess, open_page) -> None:
     """Two pages in one room see presence, each other's messages in seq order, text escaped."""
     room = unique_room("web")
-    alice = open_page(chat_server.http_url, "alice")
-    bob = open_page(chat_server.http_url, "bob")
+    alice = open_page(server.http_url, "alice")
+    bob = open_page(server.http_url, "bob")
     join(alice, room)
     join(bob, room)
     expect(alice.locator(f'.log[data-room="{room}"] .sys')).to_contain_text(
@@ -144,7 +139,7 @@ def test_two_pages_see_each_others_messages(chat_server: ServerProcess, open_pag
         assert page.evaluate("window.pwned === undefined")
 
     REPORTS.mkdir(exist_ok=True)
-    alice.screenshot(path=str(REPORTS / f"web_page_{chat_server.kind}.png"))
+    alice.screenshot(path=str(REPORTS / f"web_page_{server.kind}.png"))
 
 
 class CuttableProxy:
@@ -212,19 +207,22 @@ class CuttableProxy:
 
     def close(self) -> None:
         self.cut()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+        self.thread.join(timeout=5)
         self.listener.close()
         with self.lock:
             for sock in self.sockets:
                 sock.close()
 
 
-def test_reconnect_replays_missed_messages(chat_server: ServerProcess, open_page) -> None:
+def test_reconnect_replays_missed_messages(server: ServerProcess, open_page) -> None:
     """After a network cut the page reconnects, rejoins with since and shows what it missed."""
     room = unique_room("replay")
-    proxy = CuttableProxy(chat_server.port)
+    proxy = CuttableProxy(server.port)
     try:
         carol = open_page(proxy.http_url, "carol")  # through the proxy
-        dave = open_page(chat_server.http_url, "dave")  # direct
+        dave = open_page(server.http_url, "dave")  # direct
         join(carol, room)
         join(dave, room)
         say(dave, "before the cut")
