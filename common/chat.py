@@ -164,14 +164,13 @@ class ChatCore:
                 self._error(session, outcome, ErrorCode.RATE_LIMITED, "slow down")
             return outcome
         session.refused = 0
-        message = None
+        ref = None
         try:
-            message = messages.parse_client_message(data, self.limits)
+            message, ref = messages.parse_client_message(data, self.limits)
             self._dispatch(session, message, outcome)
         except ProtocolError as exc:
             outcome.dropped = DropReason.INVALID
-            ref = exc.ref if exc.ref is not None else getattr(message, "id", None)
-            self._error(session, outcome, exc.code, exc.message, ref)
+            self._error(session, outcome, exc.code, exc.message, exc.ref or ref)
         return outcome
 
     def receive_binary(self, session: Session) -> Outcome:

@@ -54,11 +54,13 @@ class Ping:
 ClientMessage = Hello | Join | Leave | Say | Ping
 
 
-def parse_client_message(data: str | bytes, limits: Limits) -> ClientMessage:
-    """Decode and validate one client frame.
+def parse_client_message(data: str | bytes, limits: Limits) -> tuple[ClientMessage, str | None]:
+    """Decode and validate one client frame; return the message and its ``ref``.
 
-    Raises :class:`ProtocolError` with the code the protocol specifies for
-    every kind of bad input; ``ref`` is set when the message had a string ``id``.
+    ``ref`` is the message's ``id`` when it had a usable one (any type of
+    message may carry one), for errors about it. Raises
+    :class:`ProtocolError` with the code the protocol specifies for every
+    kind of bad input, with ``ref`` set the same way.
     """
     try:
         obj = codec.decode(data)
@@ -75,7 +77,7 @@ def parse_client_message(data: str | bytes, limits: Limits) -> ClientMessage:
     if parser is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unknown message type", ref)
     try:
-        return parser(obj, limits)
+        return parser(obj, limits), ref
     except ProtocolError as exc:
         exc.ref = ref
         raise
