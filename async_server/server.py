@@ -109,7 +109,7 @@ class ChatServer:
         """Stop accepting, close every client with 1001, wait at most shutdown_timeout."""
         self._shutting_down = True
         logger.info("shutting down: closing %d connections", self.core.connections)
-        server.close(close_connections=True)
+        server.close(close_connections=True, reason="server shutting down")
         try:
             await asyncio.wait_for(server.wait_closed(), self.config.shutdown_timeout)
         except TimeoutError:

@@ -323,8 +323,8 @@ def test_capacity_refused_with_503(server_factory, server):
         assert info.value.response.status_code == 503
         a.send({"type": "ping", "t": 1})
         assert a.expect("pong")["t"] == 1
-    rejected = metric_value(srv.metrics_text(), "chat_connections_rejected_total", reason="capacity")
-    assert rejected == 1
+    metrics = srv.metrics_text()
+    assert metric_value(metrics, "chat_connections_rejected_total", reason="capacity") == 1
     deadline = time.monotonic() + 10
     while srv.healthz()["connections"] and time.monotonic() < deadline:
         time.sleep(0.05)
