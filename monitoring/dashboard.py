@@ -485,8 +485,8 @@ def panels() -> list[dict]:
     lay.add(
         timeseries(
             "Virtual memory",
-            "Address space reserved. Each thread reserves a stack (8 MiB by default), so "
-            "a thread-per-connection server grows here long before its RSS does.",
+            "Address space reserved. Each thread reserves a stack (--thread-stack-kib, 256 KiB "
+            "by default), so a thread-per-connection server grows here before its RSS does.",
             [target(f"sum by (job) (process_virtual_memory_bytes{{{SERVER}}})", per_job)],
             unit="bytes",
         ),

@@ -660,3 +660,5 @@ def test_every_dashboard_query_returns_data_from_live_servers(tmp_path):
             prometheus.stop()
         for server in started:
             server.stop()
+        for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}")
