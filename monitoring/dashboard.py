@@ -14,7 +14,9 @@ Conventions of every query:
 - servers are selected with SERVER (``job=~"$job", instance=~"$instance"``) and
   summed ``by (job)``, so several instances of one server (e.g. async workers on
   metrics ports 9102, 9104, ...) show as one line per server;
-- the load generator is selected with LOADGEN (``job=~"$loadgen"``);
+- the load generator is selected with LOADGEN (``job=~"$loadgen"``) and split
+  ``by (instance)``: one line per Locust (master) process, so two runs driving
+  the two servers at once are not blended into one percentile;
 - rates use ``[$window]`` (default 30s: 15 samples at the 2s scrape interval).
 """
 
@@ -31,6 +33,8 @@ DATASOURCE = {"type": "prometheus", "uid": "twinchat-prometheus"}
 SERVER = 'job=~"$job", instance=~"$instance"'
 LOADGEN = 'job=~"$loadgen"'
 W = "[$window]"
+LG_BY = "instance, name"
+LG = "locust {{instance}} "  # legend prefix of load-generator series
 
 
 def rate(metric: str, sel: str = SERVER, by: str = "job") -> str:
@@ -325,7 +329,7 @@ def panels() -> list[dict]:
             "or dropped.",
             [
                 target(f"sum by (job) (chat_connections{{{SERVER}}})", per_job),
-                target(f"sum(locust_users{{{LOADGEN}}})", "locust users"),
+                target(f"sum by (instance) (locust_users{{{LOADGEN}}})", LG + "users"),
             ],
         ),
         w=12,
@@ -558,7 +562,7 @@ def panels() -> list[dict]:
         timeseries(
             "Locust users",
             "Users running, on the same time axis as everything above.",
-            [target(f"sum(locust_users{{{LOADGEN}}})", "users")],
+            [target(f"sum by (instance) (locust_users{{{LOADGEN}}})", LG + "users")],
         ),
         w=8,
         h=8,
@@ -568,10 +572,10 @@ def panels() -> list[dict]:
             "Locust requests and failures per second",
             "Operations Locust measured per second, by name, and failures by name.",
             [
-                target(rate("locust_requests_total", LOADGEN, by="name"), "{{name}}"),
+                target(rate("locust_requests_total", LOADGEN, by=LG_BY), LG + "{{name}}"),
                 target(
-                    rate("locust_failures_total", LOADGEN, by="name"),
-                    "{{name}} failures",
+                    rate("locust_failures_total", LOADGEN, by=LG_BY),
+                    LG + "{{name}} failures",
                 ),
             ],
             unit="reqps",
@@ -587,12 +591,12 @@ def panels() -> list[dict]:
             "Only trustworthy while the load generator is not saturated.",
             [
                 target(
-                    quantile(0.5, "locust_response_time_seconds", LOADGEN, by="name"),
-                    "{{name}} p50",
+                    quantile(0.5, "locust_response_time_seconds", LOADGEN, by=LG_BY),
+                    LG + "{{name}} p50",
                 ),
                 target(
-                    quantile(0.95, "locust_response_time_seconds", LOADGEN, by="name"),
-                    "{{name}} p95",
+                    quantile(0.95, "locust_response_time_seconds", LOADGEN, by=LG_BY),
+                    LG + "{{name}} p95",
                 ),
             ],
             unit="s",
@@ -607,12 +611,18 @@ def panels() -> list[dict]:
             "process). Above the red line (90%) Locust is saturated: its latencies then "
             "measure Locust, not the server; the saturated line is 1 while that lasts.",
             [
-                target(f"max by (instance) (locust_cpu_percent{{{LOADGEN}}}) / 100", "locust CPU"),
-                target(rate("process_cpu_seconds_total", LOADGEN, by="instance"), "process CPU"),
-                target(f"max(locust_cpu_saturated{{{LOADGEN}}})", "saturated (0/1)"),
+                target(f"max by (instance) (locust_cpu_percent{{{LOADGEN}}}) / 100", LG + "CPU"),
                 target(
-                    f"sum(increase(locust_cpu_saturation_warnings_total{{{LOADGEN}}}{W}))",
-                    "saturation warnings in window",
+                    rate("process_cpu_seconds_total", LOADGEN, by="instance"), LG + "process CPU"
+                ),
+                target(
+                    f"max by (instance) (locust_cpu_saturated{{{LOADGEN}}})",
+                    LG + "saturated (0/1)",
+                ),
+                target(
+                    f"sum by (instance) "
+                    f"(increase(locust_cpu_saturation_warnings_total{{{LOADGEN}}}{W}))",
+                    LG + "saturation warnings in window",
                 ),
             ],
             unit="percentunit",
