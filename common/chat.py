@@ -39,6 +39,7 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from common import codec, messages
+from common.broker import split_message
 from common.errors import CloseCode, ErrorCode, ProtocolError
 from common.limits import Limits
 from common.ratelimit import TokenBucket
@@ -110,13 +111,59 @@ class Outcome:
     close: Close | None = None
     dropped: DropReason | None = None
     delivered: int = 0
+    # With a shared broker only (ChatCore(shared=True)): work for the server's
+    # broker adapter, which does the I/O and calls back into the core.
+    publish: PendingSay | None = None
+    join: PendingJoin | None = None
+    presence: list[PresenceChange] = field(default_factory=list)
+    gap: tuple[str, int, int] | None = None  # (room, last delivered, seq received)
+    closes: list[tuple[Session, Close]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSay:
+    """Publish ``head + seq + tail`` to ``room`` (the broker assigns seq)."""
+
+    session: Session
+    room: str
+    head: bytes
+    tail: bytes
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJoin:
+    """Count ``session`` in ``room`` at the broker, fetch history, then complete_join()."""
+
+    session: Session
+    room: str
+    since: int | None
+    is_new: bool  # the room has no local member yet: the broker must say its seq
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """Change this process's member count of ``room`` by ``delta`` and tell everyone."""
+
+    session: Session
+    room: str
+    delta: int
 
 
 class ChatCore:
     """All sessions and rooms of one server process."""
 
-    def __init__(self, implementation: str, limits: Limits | None = None) -> None:
+    def __init__(
+        self, implementation: str, limits: Limits | None = None, *, shared: bool = False
+    ) -> None:
+        """``shared=True`` when rooms are shared with other processes through a broker.
+
+        Then ``say``, ``join`` and presence come back as broker work in the
+        :class:`Outcome` (``publish``, ``join``, ``presence``) instead of
+        sends, and messages reach members through :meth:`deliver`.
+        """
         self.implementation = implementation
+        self.shared = shared
         self.limits = limits or Limits()
         self.rooms: RoomRegistry[Session] = RoomRegistry(
             self.limits.history_size, self.limits.max_idle_rooms
@@ -182,6 +229,104 @@ class ChatCore:
             dropped=DropReason.INVALID,
         )
 
+    # Shared rooms: called by a broker adapter once its I/O is done
+
+    def complete_join(
+        self,
+        session: Session,
+        pending: PendingJoin,
+        *,
+        seq: int,
+        members: int,
+        history: list[tuple[int, bytes]],
+    ) -> Outcome:
+        """Finish a join whose broker work (counting the member, history) is done.
+
+        ``seq`` is the room's seq at the broker (used when the room is new to
+        this process), ``members`` its member count across processes,
+        ``history`` ``(seq, payload)`` pairs from the broker's history (only
+        when ``since`` was given).
+        """
+        out = Outcome()
+        if session.state is not SessionState.READY or pending.room in session.rooms:
+            return out
+        local = self.rooms.get(pending.room)
+        fresh = local is None or not local.members
+        room, _ = self.rooms.add_member(pending.room, session)
+        session.rooms[room.name] = room
+        if fresh:
+            room.seq = max(room.seq, seq)
+        replay: list[bytes] = []
+        complete = True
+        if pending.since is not None:
+            known = dict(history)
+            known.update(room.history)
+            wanted = range(pending.since + 1, room.seq + 1)
+            replay = [known[n] for n in wanted if n in known]
+            complete = pending.since <= room.seq and len(replay) == len(wanted)
+        self._reply(session, out, messages.joined_message(room.name, room.seq, members, complete))
+        for payload in replay:
+            out.sends.append(((session,), payload))
+        return out
+
+    def deliver(self, room_name: str, seq: int, payload: bytes) -> Outcome:
+        """A message from the broker: send it to this process's members, in seq order.
+
+        A seq already delivered is dropped; a seq beyond the next one sets
+        ``outcome.gap`` and delivers nothing: fetch the missing messages from
+        history and deliver them first.
+        """
+        out = Outcome()
+        room = self.rooms.get(room_name)
+        if room is None or not room.members or seq <= room.seq:
+            return out
+        if seq > room.seq + 1:
+            out.gap = (room_name, room.seq, seq)
+            return out
+        room.seq = seq
+        room.history.append((seq, payload))
+        members = tuple(room.members)
+        out.sends.append((members, payload))
+        out.delivered = len(members)
+        return out
+
+    def deliver_presence(self, room_name: str, origin: str, payload: bytes) -> Outcome:
+        """A presence event from the broker, for every local member but its subject."""
+        out = Outcome()
+        room = self.rooms.get(room_name)
+        if room is not None:
+            others = tuple(member for member in room.members if member.id != origin)
+            if others:
+                out.sends.append((others, payload))
+        return out
+
+    def presence_payload(self, session: Session, room: str, delta: int, members: int) -> bytes:
+        event = "join" if delta > 0 else "leave"
+        return codec.encode(messages.presence_message(room, session.name, event, members))
+
+    def lose_room(self, room_name: str, text: str) -> Outcome:
+        """The broker can no longer give this room's missing messages: drop its members.
+
+        Members must never see a silent gap; closed, they reconnect and
+        rejoin with ``since``, and learn from ``complete: false`` what is gone.
+        """
+        out = Outcome()
+        room = self.rooms.get(room_name)
+        if room is not None:
+            close = Close(CloseCode.TRY_AGAIN_LATER, text, DisconnectReason.ERROR)
+            out.closes = [(member, close) for member in room.members]
+        return out
+
+    def unavailable(self, session: Session, ref: str | None = None) -> Outcome:
+        """The broker could not be reached: tell the client its message was not handled."""
+        out = Outcome(dropped=DropReason.INVALID)
+        self._error(session, out, ErrorCode.UNAVAILABLE, "chat service unavailable, retry", ref)
+        return out
+
+    def local_rooms(self) -> dict[str, int]:
+        """Rooms with local members and the last seq delivered in each."""
+        return {name: room.seq for name, room in self.rooms.items() if room.members}
+
     # Queries
 
     @property
@@ -225,6 +370,10 @@ class ChatCore:
         if room is None:
             raise ProtocolError(ErrorCode.NOT_JOINED, "join the room before saying something")
         ts = time.time()
+        if self.shared:
+            head, tail = split_message(messages.chat_message(room.name, 0, session.name, say, ts))
+            out.publish = PendingSay(session, room.name, head, tail, say.id)
+            return
         _, payload = room.append(
             lambda seq: codec.encode(messages.chat_message(room.name, seq, session.name, say, ts))
         )
@@ -241,6 +390,10 @@ class ChatCore:
                 ErrorCode.BAD_MESSAGE,
                 f"at most {self.limits.max_rooms_per_session} rooms per connection",
             )
+        if self.shared and join.room not in session.rooms:
+            local = self.rooms.get(join.room)
+            out.join = PendingJoin(session, join.room, join.since, not (local and local.members))
+            return
         room, is_new = self.rooms.add_member(join.room, session)
         session.rooms[room.name] = room
         replay: list[bytes] = []
@@ -258,7 +411,9 @@ class ChatCore:
     def _leave(self, session: Session, room: Room[Session], out: Outcome) -> None:
         session.rooms.pop(room.name, None)
         self.rooms.remove_member(room, session)
-        if room.members:
+        if self.shared:
+            out.presence.append(PresenceChange(session, room.name, -1))
+        elif room.members:
             self._presence(session, room, "leave", out)
 
     def _presence(self, session: Session, room: Room[Session], event: str, out: Outcome) -> None:

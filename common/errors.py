@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     NOT_JOINED = "not_joined"
     RATE_LIMITED = "rate_limited"
     TOO_LONG = "too_long"
+    UNAVAILABLE = "unavailable"  # the shared broker (Redis) is unreachable
 
 
 class CloseCode(IntEnum):

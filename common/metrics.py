@@ -69,6 +69,16 @@ THREADS = Gauge("chat_threads", "OS threads of the server process.")
 SERVER_INFO = Gauge(
     "chat_server_info", "Which server this is.", ["implementation", "loop", "python"]
 )
+BROKER_OPERATIONS = ("publish", "join", "presence", "subscribe", "catch_up")
+BROKER_ERRORS = Counter(
+    "chat_broker_errors",
+    "Operations on the shared broker (Redis) that failed; clients got 'unavailable'.",
+    ["operation"],
+)
+BROKER_RECOVERED = Counter(
+    "chat_broker_recovered_messages",
+    "Messages whose pub/sub delivery was lost and that were fetched from history instead.",
+)
 EVENT_LOOP_LAG = Histogram(
     "chat_event_loop_lag_seconds",
     "How late the event loop ran a timer that was due (asyncio server only).",
@@ -81,6 +91,8 @@ for _reason in DisconnectReason:
     DISCONNECTS.labels(_reason.value)
 for _reason in DropReason:
     MESSAGES_DROPPED.labels(_reason.value)
+for _operation in BROKER_OPERATIONS:
+    BROKER_ERRORS.labels(_operation)
 
 
 def _os_threads() -> int:

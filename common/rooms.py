@@ -76,6 +76,9 @@ class RoomRegistry(Generic[M]):
     def get(self, name: str) -> Room[M] | None:
         return self._rooms.get(name)
 
+    def items(self):
+        return self._rooms.items()
+
     def add_member(self, name: str, member: M) -> tuple[Room[M], bool]:
         """Put ``member`` in room ``name`` (created if needed); return it and whether it is new."""
         room = self._rooms.get(name)

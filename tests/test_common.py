@@ -20,7 +20,7 @@ COMMON = Path(__file__).resolve().parent.parent / "common"
 IO_MODULES = {
     "socket", "socketserver", "ssl", "select", "selectors", "threading", "_thread",
     "multiprocessing", "concurrent", "asyncio", "uvloop", "websockets", "prometheus_client",
-    "redis", "http", "urllib",
+    "redis", "urllib.request", "http.client", "http.server",
 }  # fmt: skip
 
 
@@ -49,7 +49,11 @@ def test_chat_logic_imports_no_io():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in IO_MODULES]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n in IO_MODULES or n.split(".")[0] in IO_MODULES
+            ]
     assert offenders == []
 
 

@@ -1,0 +1,210 @@
+"""Rooms shared by several server processes through Redis: the protocol, no I/O.
+
+One chat process keeps its rooms in memory (:class:`common.rooms.RoomRegistry`,
+the default broker). Several processes share rooms through Redis; this module
+holds everything about that which is not I/O, so the two servers' Redis
+adapters (``threaded_server/broker.py`` on redis-py's blocking client,
+``async_server/broker.py`` on its asyncio client) differ only in how they wait.
+
+Design (see docs/scaling.md for the reasoning):
+
+* **One authority for seq.** A Lua script (:data:`PUBLISH_SCRIPT`) runs
+  ``INCR`` on the room's seq key, stores the message in the room's history
+  (a sorted set scored by seq, trimmed to ``history_size``) and ``PUBLISH``es
+  it, atomically. Redis runs scripts one at a time, so seq order is publish
+  order: every process sees a room's messages in seq order.
+* **Pub/sub is at-most-once**, so it is only the fast path. Each process
+  subscribes to every room with one pattern subscription, tracks the last seq
+  it delivered per local room (:class:`RoomCursor`), fetches any gap from the
+  history, and checks the rooms' positions every ``position_check_interval``
+  seconds to catch messages whose pub/sub delivery was lost (the approach of
+  Centrifugo's Redis engine). When history no longer holds a gap, the room's
+  local members are disconnected rather than silently skipped.
+* **Presence counts** are a hash per room with one field per process; a
+  process's fields only count while its liveness key exists, so a crashed
+  process stops counting after :data:`PROCESS_TTL` seconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import urlparse
+
+from common import codec
+
+PREFIX = "twinchat"
+PROCESS_TTL = 15  # seconds a process counts in presence without refreshing
+POSITION_CHECK_INTERVAL = 1.0
+
+
+class BrokerUnavailable(Exception):
+    """Redis could not be reached; the operation did not happen."""
+
+
+def check_broker_url(url: str) -> str:
+    """Validate a ``--broker`` value: ``memory`` or ``redis://host:port/db``."""
+    if url == "memory":
+        return url
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
+        raise ValueError(f"--broker must be 'memory' or redis://host:port/db, not {url!r}")
+    return url
+
+
+def new_process_id() -> str:
+    return secrets.token_hex(6)
+
+
+# Keys and channels
+
+
+def seq_key(room: str) -> str:
+    return f"{PREFIX}:room:{room}:seq"
+
+
+def history_key(room: str) -> str:
+    return f"{PREFIX}:room:{room}:history"
+
+
+def members_key(room: str) -> str:
+    return f"{PREFIX}:room:{room}:members"
+
+
+def channel(room: str) -> str:
+    return f"{PREFIX}:room:{room}"
+
+
+CHANNEL_PATTERN = f"{PREFIX}:room:*"
+_CHANNEL_PREFIX = f"{PREFIX}:room:"
+
+
+def process_key(process_id: str) -> str:
+    return f"{PREFIX}:process:{process_id}"
+
+
+# Lua scripts: each runs atomically inside Redis.
+
+PUBLISH_SCRIPT = """
+local seq = redis.call('INCR', KEYS[1])
+local payload = ARGV[1] .. seq .. ARGV[2]
+redis.call('ZADD', KEYS[2], seq, payload)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+redis.call('PUBLISH', ARGV[4], 'm ' .. seq .. ' ' .. payload)
+return seq
+"""
+
+# Change this process's member count of a room by ARGV[2]; return the room's
+# count over live processes, dropping the fields of dead ones.
+PRESENCE_SCRIPT = """
+local count = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if count <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+return total
+"""
+
+
+def publish_args(room: str, head: bytes, tail: bytes, history_size: int) -> tuple[list, list]:
+    """KEYS and ARGV for :data:`PUBLISH_SCRIPT`."""
+    return [seq_key(room), history_key(room)], [head, tail, history_size, channel(room)]
+
+
+def presence_args(room: str, process_id: str, delta: int) -> tuple[list, list]:
+    """KEYS and ARGV for :data:`PRESENCE_SCRIPT`."""
+    return [members_key(room)], [process_id, delta, f"{PREFIX}:process:"]
+
+
+def split_message(message: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Encode a chat message around its seq, which Redis fills in.
+
+    ``message`` must have ``"seq"`` as its third key (as
+    :func:`common.messages.chat_message` builds it); the result joins as
+    ``head + str(seq) + tail``.
+    """
+    encoded = codec.encode({**message, "seq": 0})
+    marker = b',"seq":0,'
+    cut = encoded.index(marker) + len(marker) - 2
+    return encoded[:cut], encoded[cut + 1 :]
+
+
+# Pub/sub envelopes: "m <seq> <payload>" for messages, "p <session> <payload>"
+# for presence (the session it is about does not receive it).
+
+
+class Kind(Enum):
+    MESSAGE = b"m"
+    PRESENCE = b"p"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    room: str
+    kind: Kind
+    seq: int  # messages only
+    origin: str  # presence only: the session the event is about
+    payload: bytes
+
+
+def presence_envelope(origin: str, payload: bytes) -> bytes:
+    return b"p " + origin.encode() + b" " + payload
+
+
+def parse_envelope(channel_name: str | bytes, data: bytes) -> Envelope | None:
+    """Decode a pub/sub message; ``None`` for anything that is not ours."""
+    if isinstance(channel_name, bytes):
+        channel_name = channel_name.decode(errors="replace")
+    if not channel_name.startswith(_CHANNEL_PREFIX):
+        return None
+    room = channel_name[len(_CHANNEL_PREFIX) :]
+    kind, _, rest = data.partition(b" ")
+    field_, _, payload = rest.partition(b" ")
+    try:
+        if kind == b"m":
+            return Envelope(room, Kind.MESSAGE, int(field_), "", payload)
+        if kind == b"p":
+            return Envelope(room, Kind.PRESENCE, 0, field_.decode(), payload)
+    except ValueError:
+        pass
+    return None
+
+
+def replay_from_history(
+    entries: list[tuple[bytes, float]], since: int, upto: int
+) -> tuple[list[bytes], bool]:
+    """Payloads with since < seq <= upto from a history range, and whether that is all.
+
+    ``entries`` are ``(payload, seq)`` pairs from ``ZRANGEBYSCORE ... WITHSCORES``.
+    """
+    wanted = [(int(score), payload) for payload, score in entries if since < score <= upto]
+    wanted.sort()
+    complete = since <= upto and [seq for seq, _ in wanted] == list(range(since + 1, upto + 1))
+    return [payload for _, payload in wanted], complete
+
+
+@dataclass(slots=True)
+class RoomCursor:
+    """What this process has delivered of one room: the gap detector.
+
+    ``offer(seq)`` says what to do with a message from pub/sub: deliver it,
+    drop it (already delivered), or fetch the missing ones first.
+    """
+
+    seq: int
+    pending: dict[int, bytes] = field(default_factory=dict)
+
+    def offer(self, seq: int) -> str:
+        if seq <= self.seq:
+            return "duplicate"
+        if seq == self.seq + 1:
+            return "next"
+        return "gap"
