@@ -1,11 +1,10 @@
-"""``python -m async_server``: run the asyncio twinchat server."""
+"""``python -m async_server``: run the asyncio twinchat server (``--workers N`` for N processes)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from async_server.server import ChatServer
+from async_server.workers import serve, supervise
 from common.config import configure_logging, parse_config
 
 DEFAULT_PORT = 8002
@@ -15,13 +14,9 @@ DEFAULT_METRICS_PORT = 9102
 def main(argv: list[str] | None = None) -> int:
     config = parse_config("async", DEFAULT_PORT, DEFAULT_METRICS_PORT, argv)
     configure_logging(config.log_level)
-    server = ChatServer(config)
-    if config.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(server.run())
-    else:
-        asyncio.run(server.run())
+    if config.workers > 1:
+        return supervise(config)
+    serve(config)
     return 0
 
 

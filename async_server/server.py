@@ -25,6 +25,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from async_server.broker import RedisBroker
 from async_server.metrics_http import serve_metrics
 from common import ChatCore, metrics
 from common.chat import DisconnectReason, DropReason, Outcome
@@ -43,11 +44,14 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.core = ChatCore(self.implementation, config.limits)
+        shared = config.broker != "memory"
+        self.core = ChatCore(self.implementation, config.limits, shared=shared)
+        self.broker = RedisBroker(config.broker, self.core, self.deliver) if shared else None
         # Why a connection we closed ended, for chat_disconnects_total.
         self._close_reasons: dict[ServerConnection, DisconnectReason] = {}
         self._shutting_down = False
         self._stop: asyncio.Future[None] | None = None
+        self._closing: set[asyncio.Future] = set()  # close handshakes we started
 
     # Lifecycle
 
@@ -58,13 +62,15 @@ class ChatServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         async with await self.start() as server:
-            metrics_server = await serve_metrics(
-                self.config.host, self.config.metrics_port
-            )
+            metrics_server = await serve_metrics(self.config.host, self.config.metrics_port)
             lag_task = asyncio.create_task(self._measure_loop_lag())
+            if self.broker is not None:
+                await self.broker.start()
             await self._stop
             await self.shutdown(server)
             lag_task.cancel()
+            if self.broker is not None:
+                await self.broker.stop()
             if metrics_server is not None:
                 metrics_server.close()
 
@@ -98,6 +104,7 @@ class ChatServer:
             close_timeout=cfg.close_timeout,
             server_header=None,
             reuse_address=True,
+            reuse_port=cfg.workers > 1,
         )
         logger.info(
             "listening on ws://%s:%d/ws (loop=%s, max %d connections)",
@@ -142,6 +149,8 @@ class ChatServer:
                     outcome = self.core.receive_binary(session)
                 self.deliver(outcome)
                 metrics.record(outcome, received_at)
+                if self.broker is not None:
+                    await self.broker.handle(outcome)
                 if outcome.close is not None:
                     self._close_reasons[ws] = outcome.close.reason
                     await ws.close(outcome.close.code, outcome.close.text)
@@ -155,8 +164,11 @@ class ChatServer:
             if self._shutting_down:
                 reason = DisconnectReason.SHUTDOWN
             reason = self._close_reasons.pop(ws, reason)
-            self.deliver(self.core.close(session))
+            outcome = self.core.close(session)
+            self.deliver(outcome)
             metrics.disconnected(reason)
+            if self.broker is not None:
+                await self.broker.handle(outcome)
             logger.info("close %s: %s (code %s)", session.id, reason.value, ws.close_code)
 
     def deliver(self, outcome: Outcome) -> None:
@@ -168,6 +180,12 @@ class ChatServer:
             for ws in connections:
                 if ws.transport.get_write_buffer_size() > max_backlog:
                     self._drop_slow_consumer(ws)
+        for session, close in outcome.closes:
+            ws = session.connection
+            self._close_reasons.setdefault(ws, close.reason)
+            task = asyncio.ensure_future(ws.close(close.code, close.text))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _drop_slow_consumer(self, ws: ServerConnection) -> None:
         """Cut off a client that does not read; its backlog is discarded."""

@@ -304,17 +304,25 @@ class ChatCore:
         event = "join" if delta > 0 else "leave"
         return codec.encode(messages.presence_message(room, session.name, event, members))
 
-    def lose_room(self, room_name: str, text: str) -> Outcome:
+    def lose_room(self, room_name: str, seq: int, text: str) -> Outcome:
         """The broker can no longer give this room's missing messages: drop its members.
 
-        Members must never see a silent gap; closed, they reconnect and
-        rejoin with ``since``, and learn from ``complete: false`` what is gone.
+        Members must never see a silent gap: they are taken out of the room
+        and closed; they reconnect and rejoin with ``since``, and learn from
+        ``complete: false`` what is gone. The room restarts from ``seq``.
         """
         out = Outcome()
         room = self.rooms.get(room_name)
-        if room is not None:
-            close = Close(CloseCode.TRY_AGAIN_LATER, text, DisconnectReason.ERROR)
-            out.closes = [(member, close) for member in room.members]
+        if room is None:
+            return out
+        close = Close(CloseCode.TRY_AGAIN_LATER, text, DisconnectReason.ERROR)
+        for member in list(room.members):
+            member.rooms.pop(room_name, None)
+            self.rooms.remove_member(room, member)
+            out.closes.append((member, close))
+            out.presence.append(PresenceChange(member, room_name, -1))
+        room.seq = seq
+        room.history.clear()
         return out
 
     def unavailable(self, session: Session, ref: str | None = None) -> Outcome:

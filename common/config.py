@@ -10,6 +10,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 
+from common.broker import check_broker_url
 from common.capacity import default_max_connections
 from common.limits import KIB, MIB, Limits
 
@@ -36,6 +37,11 @@ class ServerConfig:
     # Security
     allowed_origins: tuple[str, ...] = ()
     compression: str | None = None
+
+    # Scale-out
+    broker: str = "memory"
+    workers: int = 1
+    worker_index: int = 0
 
     # Model-specific
     loop: str = "uvloop"
@@ -109,9 +115,25 @@ def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.
         help="permessage-deflate costs CPU and memory per connection",
     )
 
+    scale = parser.add_argument_group("scale-out")
+    scale.add_argument(
+        "--broker",
+        default="memory",
+        metavar="URL",
+        help="where rooms live: 'memory' (this process only) or redis://host:port/db "
+        "(shared by every process on that Redis)",
+    )
+
     model = parser.add_argument_group(f"{implementation} server")
     if implementation == "async":
         model.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+        model.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="processes sharing the chat port (SO_REUSEPORT); worker i serves "
+            "metrics on METRICS_PORT+i; more than 1 needs --broker redis://...",
+        )
     else:
         model.add_argument(
             "--thread-stack-kib", type=int, default=256, help="stack size of connection threads"
@@ -143,6 +165,18 @@ def parse_config(
     stack = getattr(args, "thread_stack_kib", 256)
     if stack < 32:
         parser.error("--thread-stack-kib must be at least 32")
+    try:
+        broker = check_broker_url(args.broker)
+    except ValueError as exc:
+        parser.error(str(exc))
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        parser.error("--workers must be at least 1")
+    if workers > 1 and broker == "memory":
+        parser.error(
+            "--workers > 1 needs a shared broker: rooms in memory would differ per worker; "
+            "add --broker redis://127.0.0.1:6379/0"
+        )
     max_connections = args.max_connections or default_max_connections(
         threads=implementation == "threaded"
     )
@@ -159,6 +193,8 @@ def parse_config(
         shutdown_timeout=args.shutdown_timeout,
         allowed_origins=tuple(args.allowed_origin),
         compression=None if args.compression == "none" else args.compression,
+        broker=broker,
+        workers=workers,
         loop=getattr(args, "loop", "threads"),
         thread_stack_kib=stack,
         log_level=args.log_level,

@@ -1,0 +1,233 @@
+"""Rooms shared across processes through Redis, on redis-py's asyncio client.
+
+The protocol (keys, Lua scripts, envelopes, gap handling) is in
+:mod:`common.broker`; this adapter only does the I/O, on the server's event
+loop: one command connection pool, one pattern subscription, and a position
+check every second that catches messages pub/sub lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from common import broker as proto
+from common import metrics
+from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChange
+
+logger = logging.getLogger("twinchat.async.broker")
+
+TIMEOUT = 2.0
+RETRY_DELAY = 0.5
+
+
+class RedisBroker:
+    """Publishes says, counts members and delivers messages of shared rooms."""
+
+    def __init__(
+        self,
+        url: str,
+        core: ChatCore,
+        deliver: Callable[[Outcome], None],
+        *,
+        position_check_interval: float = proto.POSITION_CHECK_INTERVAL,
+    ) -> None:
+        self.core = core
+        self._deliver = deliver
+        self.process_id = proto.new_process_id()
+        self.position_check_interval = position_check_interval
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+        self._publish = self.redis.register_script(proto.PUBLISH_SCRIPT)
+        self._presence = self.redis.register_script(proto.PRESENCE_SCRIPT)
+        self._tasks: list[asyncio.Task] = []
+        self._catch_up_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._subscribe_forever()),
+            asyncio.create_task(self._check_positions_forever()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(proto.process_key(self.process_id))
+        await self.redis.aclose()
+
+    # Work from the core
+
+    async def handle(self, outcome: Outcome) -> None:
+        """Do the broker work an outcome asks for, delivering what comes of it."""
+        if outcome.publish is not None:
+            await self._publish_say(outcome.publish)
+        if outcome.join is not None:
+            self._deliver(await self._join(outcome.join))
+        for change in outcome.presence:
+            await self._change_presence(change)
+
+    async def _publish_say(self, say: PendingSay) -> None:
+        keys, args = proto.publish_args(
+            say.room, say.head, say.tail, self.core.limits.history_size
+        )
+        try:
+            await self._publish(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            metrics.BROKER_ERRORS.labels("publish").inc()
+            logger.warning("publish failed: %s", exc)
+            self._deliver(self.core.unavailable(say.session, say.ref))
+
+    async def _join(self, join: PendingJoin) -> Outcome:
+        try:
+            members = await self._count(join.room, +1)
+            seq = int(await self.redis.get(proto.seq_key(join.room)) or 0) if join.is_new else 0
+            history: list[tuple[int, bytes]] = []
+            if join.since is not None:
+                entries = await self.redis.zrangebyscore(
+                    proto.history_key(join.room), join.since + 1, "+inf", withscores=True
+                )
+                history = [(int(score), payload) for payload, score in entries]
+        except (RedisError, OSError) as exc:
+            metrics.BROKER_ERRORS.labels("join").inc()
+            logger.warning("join failed: %s", exc)
+            return self.core.unavailable(join.session)
+        outcome = self.core.complete_join(
+            join.session, join, seq=seq, members=members, history=history
+        )
+        await self._announce(join.session, join.room, +1, members)
+        return outcome
+
+    async def _change_presence(self, change: PresenceChange) -> None:
+        try:
+            members = await self._count(change.room, change.delta)
+            await self._announce(change.session, change.room, change.delta, members)
+        except (RedisError, OSError) as exc:
+            metrics.BROKER_ERRORS.labels("presence").inc()
+            logger.warning("presence update failed: %s", exc)
+
+    async def _count(self, room: str, delta: int) -> int:
+        await self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
+        keys, args = proto.presence_args(room, self.process_id, delta)
+        return int(await self._presence(keys=keys, args=args))
+
+    async def _announce(self, session, room: str, delta: int, members: int) -> None:
+        payload = self.core.presence_payload(session, room, delta, members)
+        await self.redis.publish(proto.channel(room), proto.presence_envelope(session.id, payload))
+
+    # Messages from Redis
+
+    async def _subscribe_forever(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(proto.CHANNEL_PATTERN)
+                logger.info("subscribed to %s", proto.CHANNEL_PATTERN)
+                await self._check_positions()  # what was published while we were away
+                async for message in pubsub.listen():
+                    if message["type"] == "pmessage":
+                        await self._receive(message["channel"], message["data"])
+            except (RedisError, OSError) as exc:
+                metrics.BROKER_ERRORS.labels("subscribe").inc()
+                logger.warning("subscription lost: %s; retrying", exc)
+                await asyncio.sleep(RETRY_DELAY)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    async def _receive(self, channel: bytes, data: bytes) -> None:
+        envelope = proto.parse_envelope(channel, data)
+        if envelope is None:
+            return
+        if envelope.kind is proto.Kind.PRESENCE:
+            outcome = self.core.deliver_presence(envelope.room, envelope.origin, envelope.payload)
+            self._deliver(outcome)
+            return
+        await self._deliver_message(envelope.room, envelope.seq, envelope.payload)
+
+    async def _deliver_message(self, room: str, seq: int, payload: bytes) -> None:
+        outcome = self.core.deliver(room, seq, payload)
+        if outcome.gap is not None:
+            await self._catch_up(room, outcome.gap[1], seq)
+            outcome = self.core.deliver(room, seq, payload)
+        if outcome.delivered:
+            metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
+            _observe_fanout(payload)
+        self._deliver(outcome)
+
+    async def _check_positions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.position_check_interval)
+            try:
+                await self.redis.set(
+                    proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL
+                )
+                await self._check_positions()
+            except (RedisError, OSError) as exc:
+                metrics.BROKER_ERRORS.labels("catch_up").inc()
+                logger.debug("position check failed: %s", exc)
+
+    async def _check_positions(self) -> None:
+        """Compare each local room's last delivered seq with Redis; fix what differs."""
+        rooms = self.core.local_rooms()
+        if not rooms:
+            return
+        names = list(rooms)
+        remote = await self.redis.mget([proto.seq_key(name) for name in names])
+        for name, value in zip(names, remote, strict=True):
+            seq = int(value or 0)
+            local = self.core.local_rooms().get(name)
+            if local is None:
+                continue
+            if seq > local:
+                await self._catch_up(name, local, seq)
+            elif seq < local:
+                # Redis lost this room (restarted without persistence).
+                logger.warning("room %s went back from seq %d to %d", name, local, seq)
+                await self._lose_room(name, seq, "room state lost, rejoin")
+
+    async def _catch_up(self, room: str, after: int, upto: int) -> None:
+        """Deliver the messages after..upto of ``room`` from history, in order."""
+        async with self._catch_up_lock:
+            try:
+                entries = await self.redis.zrangebyscore(
+                    proto.history_key(room), after + 1, upto, withscores=True
+                )
+            except (RedisError, OSError) as exc:
+                metrics.BROKER_ERRORS.labels("catch_up").inc()
+                logger.warning("catch-up of %s failed: %s", room, exc)
+                return
+            for payload, score in entries:
+                outcome = self.core.deliver(room, int(score), payload)
+                if outcome.gap is not None:
+                    break
+                metrics.BROKER_RECOVERED.inc()
+                metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
+                self._deliver(outcome)
+            local = self.core.local_rooms().get(room)
+            if local is not None and local < upto:
+                logger.warning("room %s: messages %d..%d are gone from history", room, local, upto)
+                await self._lose_room(room, upto, "missed messages, rejoin")
+
+    async def _lose_room(self, room: str, seq: int, text: str) -> None:
+        outcome = self.core.lose_room(room, seq, text)
+        self._deliver(outcome)
+        for change in outcome.presence:
+            await self._change_presence(change)
+
+
+def _observe_fanout(payload: bytes) -> None:
+    """Fan-out latency of a shared room: from the say's server timestamp to now."""
+    try:
+        metrics.FANOUT_SECONDS.observe(max(0.0, time.time() - orjson.loads(payload)["ts"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
