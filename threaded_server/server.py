@@ -26,12 +26,14 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from common import ChatCore, metrics
 from common.chat import DisconnectReason, Outcome, Session
 from common.config import ServerConfig
+from threaded_server.broker import RedisBroker
 from threaded_server.connection import Connection, text_frame
 from threaded_server.drainer import Drainer
 
@@ -54,8 +56,12 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.core = ChatCore(self.implementation, config.limits)
+        shared = config.broker != "memory"
+        self.core = ChatCore(self.implementation, config.limits, shared=shared)
         self.chat_lock = threading.Lock()
+        self.broker = (
+            RedisBroker(config.broker, self.core, self.apply, self.chat_lock) if shared else None
+        )
         self.drainer = Drainer()
         self.extensions = (
             [ServerPerMessageDeflateFactory()] if config.compression == "deflate" else None
@@ -88,6 +94,8 @@ class ChatServer:
             (cfg.host, cfg.port), backlog=1024, reuse_port=False
         )
         self.drainer.start()
+        if self.broker is not None:
+            self.broker.start()
         served = metrics.start(
             self.implementation,
             "threads",
@@ -157,6 +165,8 @@ class ChatServer:
                 connection.abort()
         for thread in connections.values():
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.broker is not None:
+            self.broker.stop()
         self.drainer.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -212,10 +222,9 @@ class ChatServer:
         session = connection.session
         if session is None:
             return
-        with self.chat_lock:
-            outcome = self.core.close(session)
-            touched = self._queue(outcome)
-        self._flush(touched)
+        outcome = self.apply(lambda: self.core.close(session))
+        if self.broker is not None:
+            self.broker.handle(outcome)
         reason = connection.close_reason
         if self._shutting_down:
             reason = DisconnectReason.SHUTDOWN
@@ -233,11 +242,10 @@ class ChatServer:
         received_at = time.perf_counter()
         session = connection.session
         assert session is not None
-        with self.chat_lock:
-            outcome = self.core.receive(session, text)
-            touched = self._queue(outcome)
-        self._flush(touched)
+        outcome = self.apply(lambda: self.core.receive(session, text))
         metrics.record(outcome, received_at)
+        if self.broker is not None:
+            self.broker.handle(outcome)
         self._close_if_asked(connection, outcome)
 
     def receive_binary(self, connection: Connection) -> None:
@@ -246,6 +254,20 @@ class ChatServer:
         outcome = self.core.receive_binary(session)
         metrics.record(outcome, time.perf_counter())
         self._close_if_asked(connection, outcome)
+
+    def apply(self, produce: Callable[[], Outcome]) -> Outcome:
+        """Run ``produce()`` on the core under the chat lock, then deliver its outcome.
+
+        Payloads are queued on every target while the lock is held, so all
+        members queue a room's messages in seq order; the sends happen after.
+        """
+        with self.chat_lock:
+            outcome = produce()
+            touched = self._queue(outcome)
+        self._flush(touched)
+        for session, close in outcome.closes:
+            session.connection.close(close.code, close.text, close.reason)
+        return outcome
 
     def _queue(self, outcome: Outcome) -> list[Connection]:
         """Queue every payload on its targets' outboxes (chat_lock held); return them."""

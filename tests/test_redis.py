@@ -1,0 +1,165 @@
+"""Rooms shared by several server processes through a real Redis."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import time
+
+import pytest
+from chatclient import ChatClient, metric_value
+from redisproc import REDIS_SERVER, RedisProcess
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
+
+_rooms = itertools.count(1)
+PAIRS = [("async", "async"), ("async", "threaded"), ("threaded", "threaded")]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def room() -> str:
+    return f"shared-{next(_rooms)}"
+
+
+def drain_presence(client: ChatClient, count: int) -> None:
+    for _ in range(count):
+        client.expect("presence")
+
+
+@pytest.mark.parametrize(("first", "second"), PAIRS)
+def test_messages_flow_both_ways_in_one_seq_order(redis_server, server_factory, first, second):
+    """Clients on two processes share a room: one seq order, no gaps, on both sides."""
+    a_srv = server_factory(first, "--broker", redis_server.url)
+    b_srv = server_factory(second, "--broker", redis_server.url)
+    r = room()
+    with ChatClient(a_srv.url) as a, ChatClient(b_srv.url) as b:
+        a.hello("ann")
+        b.hello("bob")
+        assert a.join(r)["members"] == 1
+        assert b.join(r)["members"] == 2
+        presence = a.expect("presence")
+        assert (presence["name"], presence["event"], presence["members"]) == ("bob", "join", 2)
+        for n in range(20):
+            (a if n % 2 else b).say(r, f"m{n}", id=str(n))
+        for client in (a, b):
+            received = client.messages(20)
+            assert [m["seq"] for m in received] == list(range(1, 21))
+            # each sender's messages stay in the order it sent them
+            assert [m["id"] for m in received if m["from"] == "bob"] == [
+                str(n) for n in range(0, 20, 2)
+            ]
+        b.close()
+        leave = a.expect("presence")
+        assert (leave["event"], leave["members"]) == ("leave", 1)
+
+
+@pytest.mark.parametrize(("first", "second"), [("async", "threaded"), ("threaded", "async")])
+def test_reconnect_to_the_other_process_replays(redis_server, server_factory, first, second):
+    """Messages missed while away are replayed by another process with since."""
+    a_srv = server_factory(first, "--broker", redis_server.url)
+    b_srv = server_factory(second, "--broker", redis_server.url)
+    r = room()
+    with ChatClient(a_srv.url) as a:
+        a.hello()
+        a.join(r)
+        a.say(r, "before")
+        last_seen = a.messages(1)[0]["seq"]
+    with ChatClient(a_srv.url) as other:
+        other.hello()
+        other.join(r)
+        for n in range(5):
+            other.say(r, f"missed {n}")
+        other.messages(5)
+    with ChatClient(b_srv.url) as a_again:
+        a_again.hello()
+        joined = a_again.join(r, since=last_seen)
+        assert (joined["seq"], joined["complete"]) == (6, True)
+        assert [m["text"] for m in a_again.messages(5)] == [f"missed {n}" for n in range(5)]
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_redis_outage_gives_unavailable_then_recovers(redis_server, server_factory, kind):
+    """Redis down: say gets 'unavailable', connections stay; Redis back: chat resumes."""
+    a_srv = server_factory(kind, "--broker", redis_server.url)
+    b_srv = server_factory("async", "--broker", redis_server.url)
+    r = room()
+    with ChatClient(a_srv.url) as a, ChatClient(b_srv.url) as b:
+        a.hello()
+        b.hello()
+        a.join(r)
+        b.join(r)
+        a.expect("presence")
+        a.say(r, "one")
+        assert [m["seq"] for m in b.messages(1)] == [1]
+        a.messages(1)
+        redis_server.stop()
+        a.say(r, "lost", id="x1")
+        error = a.expect("error")
+        assert (error["code"], error["ref"]) == ("unavailable", "x1")
+        a.send({"type": "ping", "t": 1})
+        assert a.expect("pong")["t"] == 1
+        redis_server.start()
+        deadline = time.monotonic() + 20
+        while True:  # the adapters reconnect by themselves
+            a.say(r, "after", id="x2")
+            reply = a.recv()
+            if reply["type"] == "message":
+                break
+            assert reply["code"] == "unavailable"
+            assert time.monotonic() < deadline, "no recovery after Redis came back"
+            time.sleep(0.5)
+        assert reply["seq"] == 2
+        received = b.messages(1)
+        assert [(m["seq"], m["text"]) for m in received] == [(2, "after")]
+    assert a_srv.proc.poll() is None and b_srv.proc.poll() is None
+    errors = metric_value(a_srv.metrics_text(), "chat_broker_errors_total", operation="publish")
+    assert errors >= 1
+
+
+def test_two_workers_share_one_port(redis_server, server_factory):
+    """--workers 2: connections spread over two processes that share rooms."""
+    srv = server_factory("async", "--broker", redis_server.url, "--workers", "2")
+    r = room()
+    clients = [ChatClient(srv.url) for _ in range(8)]
+    try:
+        for c in clients:
+            c.hello()
+            c.join(r)
+        clients[0].say(r, "to everyone")
+        for c in clients:
+            assert [m["text"] for m in c.messages(1)] == ["to everyone"]
+        opened = [
+            metric_value(_metrics(srv.host, srv.metrics_port + i), "chat_connections_opened_total")
+            for i in range(2)
+        ]
+        assert sum(opened) == 8
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_workers_need_a_shared_broker():
+    """--workers 2 with the in-memory broker is refused with a clear error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "async_server", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--workers > 1 needs a shared broker" in result.stderr
+
+
+def _metrics(host: str, port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
