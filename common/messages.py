@@ -138,7 +138,13 @@ def _parse_say(obj: dict[str, Any], limits: Limits) -> Say:
 
 
 def _parse_ping(obj: dict[str, Any], limits: Limits) -> Ping:
-    return Ping(obj.get("t"))
+    t = obj.get("t")
+    if t is not None and not (
+        (isinstance(t, int | float) and not isinstance(t, bool))
+        or (isinstance(t, str) and len(t) <= limits.max_id_chars)
+    ):
+        raise _bad(f"t must be a number or a string of at most {limits.max_id_chars} characters")
+    return Ping(t)
 
 
 _PARSERS = {

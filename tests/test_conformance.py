@@ -87,6 +87,8 @@ def test_hello_required(server):
         ('{"type": "say", "room": "elsewhere", "text": "x"}', "not_joined"),
         ('{"type": "leave", "room": "elsewhere"}', "not_joined"),
         ('{"type": "hello", "name": "again"}', "bad_message"),
+        ('{"type": "ping", "t": [1]}', "bad_message"),
+        ('{"type": "ping", "t": "' + "t" * 65 + '"}', "bad_message"),
     ],
 )
 def test_errors_keep_the_connection_open(server, frame, code):
