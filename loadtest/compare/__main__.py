@@ -1,0 +1,134 @@
+"""``python -m loadtest.compare``: run both servers under the same stepped load, write a report.
+
+    python -m loadtest.compare                       # quick profile, chat scenario
+    python -m loadtest.compare --profile smoke       # under a minute (tests, CI)
+    python -m loadtest.compare --profile full --scenario idle
+
+``make compare [PROFILE=smoke|quick|full] [SCENARIO=chat|idle|broadcast|churn]`` runs this.
+The report goes to ``reports/<timestamp>/`` and ``reports/latest`` points at it.
+See docs/compare.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from loadtest.compare import machine, report, runner
+from loadtest.compare.profiles import PROFILES, SCENARIOS, profile
+from loadtest.serverproc import PROJECT_ROOT
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.compare",
+        description="Step both twinchat servers through the same Locust load and report "
+        "where each one hits its limit.",
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="chat")
+    parser.add_argument(
+        "--servers", default="threaded,async", help="comma-separated, in run order"
+    )
+    parser.add_argument("--reports", type=Path, default=PROJECT_ROOT / "reports")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report directory (default reports/<timestamp>)"
+    )
+    steps = parser.add_argument_group("steps (override the profile)")
+    steps.add_argument("--step-start", type=int, dest="start")
+    steps.add_argument("--step-users", type=int, dest="step")
+    steps.add_argument("--step-max", type=int, dest="maximum")
+    steps.add_argument("--step-time", type=float)
+    steps.add_argument("--window", type=float, help="seconds at the end of a step to judge it")
+    steps.add_argument("--probe-time", type=float, help="seconds of the unpinned probe; 0: none")
+    parser.add_argument("--slo-ms", type=float, default=None, help="p99 SLO (default 500)")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin the server and Locust to CPUs"
+    )
+    parser.add_argument(
+        "--locust-arg", action="append", default=[],
+        help="extra Locust argument (repeat), e.g. --locust-arg=--room-size=50",
+    )  # fmt: skip
+    parser.add_argument(
+        "--server-arg", action="append", default=[],
+        help="extra server argument for both servers (repeat)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prof = profile(args.profile).with_steps(
+        start=args.start,
+        step=args.step,
+        maximum=args.maximum,
+        step_time=args.step_time,
+        window=args.window,
+        probe_time=args.probe_time,
+    )
+    if args.slo_ms is not None:
+        prof = replace(prof, limits=replace(prof.limits, slo_ms=args.slo_ms))
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or args.reports / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    pinning = runner.Pinning.choose(not args.no_pin)
+    options = runner.RunOptions(
+        prof, args.scenario, out, pinning, args.locust_arg, args.server_arg, echo=not args.quiet
+    )
+    about = machine.describe(pinning.as_dict(), PROJECT_ROOT)
+    runner.say(
+        options,
+        f"profile {prof.name}, scenario {args.scenario}: steps {prof.levels()} users, "
+        f"{prof.step_time:g} s each; servers {', '.join(kinds)}; report in {out}",
+    )
+    began = time.monotonic()
+    runs, probes = {}, {}
+    for kind in kinds:
+        runs[kind] = runner.run_server(kind, options)
+        if prof.probe_time > 0:
+            users = runs[kind]["limit"]["last_ok_users"] or prof.levels()[0]
+            runner.say(options, f"{kind}: unpinned probe, {users} users, {prof.probe_time:g} s")
+            probes[kind] = runner.run_server(
+                kind, options, levels=[users], step_time=prof.probe_time,
+                window=round(prof.probe_time * 2 / 3, 1), pin=False, tag="-probe",
+            )  # fmt: skip
+    summary = report.write(
+        out,
+        root=PROJECT_ROOT,
+        profile=prof,
+        scenario=args.scenario,
+        latency_name=options.latency_name,
+        runs=runs,
+        probes=probes,
+        machine=about,
+        command=[Path(sys.executable).name, "-m", "loadtest.compare", *(argv or sys.argv[1:])],
+        locust_args=args.locust_arg,
+        server_args=args.server_arg,
+    )
+    _link_latest(args.reports, out)
+    runner.say(options, f"done in {time.monotonic() - began:.0f} s: {out / 'report.html'}")
+    if not args.quiet:
+        print(report.headline_markdown(summary["headline"]))
+    return 0
+
+
+def _link_latest(reports: Path, out: Path) -> None:
+    """Point reports/latest at ``out`` (replaced atomically)."""
+    if out.resolve().parent != reports.resolve():
+        return
+    link = reports / "latest"
+    tmp = reports / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.name)
+    os.replace(tmp, link)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

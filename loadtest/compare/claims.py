@@ -1,0 +1,339 @@
+"""The article's claims (../shared/seed/threads-vs-asyncio-article.md), tested on this run.
+
+One row per pro and con of threads and of asyncio. Each row names the
+measurement that tests it and computes its verdict from this run's figures
+with the thresholds below, which the report prints next to each verdict.
+Claims that a load test cannot measure (simplicity, learning curve, library
+support) say so instead of guessing.
+"""
+
+from __future__ import annotations
+
+from loadtest.compare import figures
+
+SUPPORTED = "supported"
+NOT_SUPPORTED = "not supported"
+NOT_MEASURED = "not measured here"
+
+# Thresholds (also shown in the report).
+ONE_CORE = 1.10  # cores: a process above this used more than one core
+WHOLE_CORE = 0.90  # cores: a process at or above this wanted (at least) a whole core
+MACHINE_SPARE = 90.0  # % of all CPUs: below this, the machine had spare CPU
+MEMORY_RATIO = 1.5  # threaded KiB/connection at least this many times async's
+ONE_THREAD_PER_CONNECTION = 0.9  # threads per connection at or above this
+THOUSANDS = 1000  # connections: "thousands of concurrent tasks"
+SAME_WITHIN = 0.10  # ratios within 1 ± this count as "no difference"
+LATENCY_RATIO = 2.0  # p99 ratio that counts as "worse" (and at least LATENCY_FLOOR_MS apart)
+LATENCY_FLOOR_MS = 10.0
+BUSIEST_THREAD = 0.80  # one thread did at least this share of the process's CPU: no parallelism
+
+THRESHOLDS = {
+    "ONE_CORE (cores)": ONE_CORE,
+    "WHOLE_CORE (cores)": WHOLE_CORE,
+    "MACHINE_SPARE (% of all CPUs)": MACHINE_SPARE,
+    "MEMORY_RATIO": MEMORY_RATIO,
+    "ONE_THREAD_PER_CONNECTION": ONE_THREAD_PER_CONNECTION,
+    "THOUSANDS (connections)": THOUSANDS,
+    "SAME_WITHIN": SAME_WITHIN,
+    "LATENCY_RATIO": LATENCY_RATIO,
+    "LATENCY_FLOOR_MS": LATENCY_FLOOR_MS,
+    "BUSIEST_THREAD (share)": BUSIEST_THREAD,
+}
+
+
+def _f(value, fmt="{:.2f}", none="n/a") -> str:
+    return none if value is None else fmt.format(value)
+
+
+def _row(side, kind, claim, measurement, rule, verdict, measured) -> dict:
+    return {
+        "side": side,
+        "kind": kind,
+        "claim": claim,
+        "measurement": measurement,
+        "rule": rule,
+        "measured": measured,
+        "verdict": verdict,
+    }
+
+
+def evaluate(runs: dict, derived: dict, probes: dict, source_lines: dict) -> list[dict]:
+    """All claim rows. ``runs``/``derived``/``probes`` are keyed by "threaded" and "async"."""
+    t, a = derived["threaded"], derived["async"]
+    rows = [
+        _not_measured(
+            "threads", "pro", "Simplicity: threads are easy to understand and use.",
+            f"Context only: non-blank source lines, threaded_server/ "
+            f"{source_lines.get('threaded', 'n/a')}, async_server/ "
+            f"{source_lines.get('async', 'n/a')} (both on the same common/ core).",
+        ),
+        _not_measured(
+            "threads", "pro", "Compatibility: threads work with existing blocking code.",
+            "A load test of two chat servers calls no third-party blocking library.",
+        ),
+        _not_measured(
+            "threads", "pro", "Wide library support.", "Not a property of a run.",
+        ),
+        gil(probes.get("threaded"), runs["threaded"]),
+        thread_memory(t, a),
+        many_threads_performance(runs, t, a),
+        _not_measured(
+            "threads", "con", "Shared state needs synchronization: complexity.",
+            f"Context only: receivers saw {_f(t['seq_failures'], '{:.0f}')} seq gaps or "
+            f"duplicates on the threaded server, {_f(a['seq_failures'], '{:.0f}')} on the async "
+            "server (correctness, not complexity).",
+        ),
+        thousands_of_tasks(runs["async"], a),
+        scalability(runs, t, a),
+        more_requests_less_time(runs, t, a),
+        true_parallelism(probes.get("async"), a),
+        _not_measured(
+            "asyncio", "pro", "Simpler shared state (locks, queues).",
+            "Not a property of a run.",
+        ),
+        _not_measured(
+            "asyncio", "con", "Learning curve.", "Not a property of a run.",
+        ),
+        _not_measured(
+            "asyncio", "con", "Incompatibility with blocking libraries.",
+            "Context only: p99 event-loop lag of the async server at its last good step "
+            f"{_f(_last_ok_lag(runs['async'], a), '{:.1f} ms')} (anything blocking the loop "
+            "would show here).",
+        ),
+    ]  # fmt: skip
+    return rows
+
+
+def _not_measured(side, kind, claim, why) -> dict:
+    return _row(side, kind, claim, "—", "—", NOT_MEASURED, why)
+
+
+def _last_ok_lag(run: dict, fig: dict) -> float | None:
+    r = figures.row(run, run["limit"]["last_ok_step"])
+    return r.get("loop_lag_p99_ms") if r else None
+
+
+def gil(probe: dict | None, run: dict) -> dict:
+    claim = (
+        "GIL: only one thread runs Python bytecode at a time, so threads may not use "
+        "multi-core processors fully."
+    )
+    measurement = (
+        "CPU of the threaded server (cores) in the unpinned probe, where it could use every CPU; "
+        "machine CPU at the same time."
+    )
+    rule = (
+        f"> {ONE_CORE} cores: not supported (it used more than one core); "
+        f">= {WHOLE_CORE} cores while the machine was < {MACHINE_SPARE:.0f}% busy: supported "
+        "(stuck at one core with a core free); otherwise not measured (it never needed a core)."
+    )
+    r = _probe_row(probe)
+    if r is None:
+        pinned = run["pinning"]["server_cpu"] is not None
+        why = "no unpinned probe in this profile" + (
+            "; every step pinned the server to one CPU, so it could not exceed one core"
+            if pinned
+            else ""
+        )
+        return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, why)
+    peak, mean, machine = r["server_cpu_cores_max"], r["server_cpu_cores"], r["machine_cpu_mean"]
+    measured = (
+        f"{r['users_target']} users: server CPU mean {_f(mean)} cores, peak (1 s) {_f(peak)}; "
+        f"machine {_f(machine, '{:.0f}')}% busy"
+    )
+    if peak is not None and peak > ONE_CORE:
+        verdict = NOT_SUPPORTED
+    elif (
+        mean is not None and mean >= WHOLE_CORE and machine is not None and machine < MACHINE_SPARE
+    ):
+        verdict = SUPPORTED
+    else:
+        verdict = NOT_MEASURED
+        measured += " — the server never needed a whole core, so a one-core cap was not tested"
+    return _row("threads", "con", claim, measurement, rule, verdict, measured)
+
+
+def thread_memory(t: dict, a: dict) -> dict:
+    claim = "Resource overhead: each thread needs its own stack, so memory grows with threads."
+    measurement = (
+        "Resident memory per connection (slope of RSS over connections), threaded vs async; "
+        "threads per connection."
+    )
+    rule = (
+        f"threaded KiB/connection >= {MEMORY_RATIO} x async and >= "
+        f"{ONE_THREAD_PER_CONNECTION} threads/connection: supported; else not supported."
+    )
+    tk, ak, tt = t["kib_per_connection"], a["kib_per_connection"], t["threads_per_connection"]
+    if tk is None or ak is None or tt is None or ak <= 0:
+        return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, "too few connections")
+    ratio = tk / ak
+    verdict = (
+        SUPPORTED if ratio >= MEMORY_RATIO and tt >= ONE_THREAD_PER_CONNECTION else NOT_SUPPORTED
+    )
+    measured = (
+        f"threaded {tk:.1f} KiB/connection ({tt:.2f} threads/connection, virtual "
+        f"{_f(t['virtual_kib_per_connection'], '{:.0f}')} KiB), async {ak:.1f} KiB/connection "
+        f"({_f(a['threads_per_connection'], '{:.3f}')} threads/connection): ratio {ratio:.2f}"
+    )
+    return _row("threads", "con", claim, measurement, rule, verdict, measured)
+
+
+def many_threads_performance(runs: dict, t: dict, a: dict) -> dict:
+    claim = "With a large number of threads, performance suffers."
+    measurement = "Limit in users (threaded vs async); p99 latency at the largest step both served."
+    rule = (
+        "threaded hit its limit at fewer users than async, or its p99 at the largest common "
+        f"ok step is >= {LATENCY_RATIO} x async's and >= {LATENCY_FLOOR_MS:.0f} ms more: "
+        "supported; else not supported at the thread counts reached."
+    )
+    tl, al = runs["threaded"]["limit"], runs["async"]["limit"]
+    notes = [f"threaded limit: {_limit(tl)}; async limit: {_limit(al)}"]
+    verdict = NOT_SUPPORTED
+    if tl["reached"] and (not al["reached"] or al["users"] > tl["users"]):
+        verdict = SUPPORTED
+    common = figures.largest_common_step(runs["threaded"], runs["async"])
+    if common:
+        rt, ra = common
+        pt, pa = figures.p99(rt), figures.p99(ra)
+        notes.append(
+            f"at {rt['users_target']} users ({_f(rt['threads'], '{:.0f}')} threads): p99 threaded "
+            f"{_f(pt, '{:.0f} ms')}, async {_f(pa, '{:.0f} ms')}"
+        )
+        if (
+            pt is not None
+            and pa is not None
+            and pt >= LATENCY_RATIO * max(pa, 1.0)
+            and pt - pa >= LATENCY_FLOOR_MS
+        ):
+            verdict = SUPPORTED
+    elif not tl["reached"]:
+        return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, "; ".join(notes))
+    if verdict == NOT_SUPPORTED:
+        notes.append(f"up to {_f(t['max_threads'], '{:.0f}')} threads")
+    return _row("threads", "con", claim, measurement, rule, verdict, "; ".join(notes))
+
+
+def thousands_of_tasks(run: dict, a: dict) -> dict:
+    claim = "Efficiency: one event loop handles thousands of concurrent tasks."
+    measurement = "Connections the async server held in a valid step within the SLO."
+    rule = (
+        f">= {THOUSANDS} connections in an ok step: supported; limit reached below "
+        f"{THOUSANDS}: not supported; fewer tested: not measured."
+    )
+    ok = a["last_ok"]
+    held = ok["connections"] if ok else None
+    measured = (
+        f"async held {_f(held, '{:.0f}')} connections within the SLO ({_limit(run['limit'])})"
+    )
+    if held is not None and held >= THOUSANDS:
+        verdict = SUPPORTED
+    elif run["limit"]["reached"] and run["limit"]["users"] <= THOUSANDS:
+        verdict = NOT_SUPPORTED
+    else:
+        verdict = NOT_MEASURED
+    return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+
+
+def scalability(runs: dict, t: dict, a: dict) -> dict:
+    claim = "High scalability: asyncio scales further than threads."
+    measurement = "Users at each server's limit (same steps, same scenario)."
+    rule = (
+        "async's limit (or last ok step if not reached) above threaded's limit: supported; "
+        "threaded's above async's: not supported; neither reached: not measured."
+    )
+    tl, al = runs["threaded"]["limit"], runs["async"]["limit"]
+    measured = f"threaded: {_limit(tl)}; async: {_limit(al)}"
+    if tl["reached"] and al["reached"]:
+        verdict = SUPPORTED if al["users"] > tl["users"] else NOT_SUPPORTED
+    elif tl["reached"]:
+        verdict = SUPPORTED if (al["last_ok_users"] or 0) >= tl["users"] else NOT_MEASURED
+    elif al["reached"]:
+        verdict = NOT_SUPPORTED if (tl["last_ok_users"] or 0) >= al["users"] else NOT_MEASURED
+    else:
+        verdict = NOT_MEASURED
+    return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+
+
+def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
+    claim = "Asyncio handles more requests in less time than threads."
+    measurement = (
+        "If both servers reached a limit: deliveries/s at the last ok step. Otherwise (the "
+        "offered load sets the rate): server CPU microseconds per delivery at the largest step "
+        "both served."
+    )
+    rule = (
+        f"async better by more than {SAME_WITHIN:.0%}: supported; within {SAME_WITHIN:.0%} or "
+        "worse: not supported."
+    )
+    tl, al = runs["threaded"]["limit"], runs["async"]["limit"]
+    if tl["reached"] and al["reached"] and t["last_ok"] and a["last_ok"]:
+        td, ad = t["last_ok"]["deliveries_per_s"], a["last_ok"]["deliveries_per_s"]
+        if td and ad:
+            ratio = ad / td
+            verdict = SUPPORTED if ratio > 1 + SAME_WITHIN else NOT_SUPPORTED
+            measured = (
+                f"deliveries/s at the last ok step: async {ad:,.0f}, threaded {td:,.0f} "
+                f"(ratio {ratio:.2f})"
+            )
+            return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+    common = figures.largest_common_step(runs["threaded"], runs["async"])
+    if not common:
+        return _row("asyncio", "pro", claim, measurement, rule, NOT_MEASURED, "no common ok step")
+    rt, ra = common
+    ut, ua = figures.cpu_us_per_delivery(rt), figures.cpu_us_per_delivery(ra)
+    if not ut or not ua:
+        return _row("asyncio", "pro", claim, measurement, rule, NOT_MEASURED, "no deliveries")
+    ratio = ua / ut
+    verdict = SUPPORTED if ratio < 1 - SAME_WITHIN else NOT_SUPPORTED
+    measured = (
+        f"at {rt['users_target']} users: async {ua:.1f} µs of CPU per delivery, threaded "
+        f"{ut:.1f} µs (ratio {ratio:.2f}); deliveries/s async {ra['deliveries_per_s']:,.0f}, "
+        f"threaded {rt['deliveries_per_s']:,.0f}"
+    )
+    return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+
+
+def true_parallelism(probe: dict | None, a: dict) -> dict:
+    claim = "True parallelism: asyncio runs coroutines in parallel."
+    measurement = (
+        "Share of the async server's CPU time spent in its busiest thread (every step), and its "
+        "CPU in the unpinned probe."
+    )
+    rule = (
+        f"busiest thread >= {BUSIEST_THREAD:.0%} of the CPU time, or probe CPU <= {ONE_CORE} "
+        f"cores while the machine had spare CPU: not supported; probe CPU > {ONE_CORE} cores "
+        "with no dominant thread: supported."
+    )
+    share = a["busiest_thread_share"]
+    r = _probe_row(probe)
+    notes = [f"busiest thread did {_f(share, '{:.0%}')} of the server's CPU time"]
+    if r is not None:
+        notes.append(
+            f"probe: {_f(r['server_cpu_cores_max'])} cores peak with the machine "
+            f"{_f(r['machine_cpu_mean'], '{:.0f}')}% busy"
+        )
+    if share is not None and share >= BUSIEST_THREAD:
+        verdict = NOT_SUPPORTED
+    elif r is not None and (r["server_cpu_cores_max"] or 0) > ONE_CORE:
+        verdict = SUPPORTED
+    elif (
+        r is not None
+        and r["machine_cpu_mean"] is not None
+        and r["machine_cpu_mean"] < MACHINE_SPARE
+    ):
+        verdict = NOT_SUPPORTED
+    else:
+        verdict = NOT_MEASURED
+    return _row("asyncio", "pro", claim, measurement, rule, verdict, "; ".join(notes))
+
+
+def _probe_row(probe: dict | None) -> dict | None:
+    if not probe or not probe.get("steps"):
+        return None
+    return probe["steps"][-1]
+
+
+def _limit(limit: dict) -> str:
+    if limit["reached"]:
+        return f"{limit['users']} users ({limit['criterion']})"
+    return f"{limit['criterion']}, last ok step {limit['last_ok_users']} users"

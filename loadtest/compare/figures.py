@@ -1,0 +1,112 @@
+"""Figures derived from one server's step rows: per-connection costs and the limit row."""
+
+from __future__ import annotations
+
+MIN_CONNECTIONS_FOR_SLOPE = 10  # below this many connections a per-connection cost is noise
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of y over x (None without two distinct x)."""
+    points = [(x, y) for x, y in points if x is not None and y is not None]
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def per_connection(run: dict, key: str) -> float | None:
+    """Cost of one more connection in ``key`` (slope over the baseline and every step)."""
+    base = run.get("baseline") or {}
+    base_key = {"rss_bytes": "rss", "vms_bytes": "vms", "threads": "threads", "open_fds": "fds"}
+    points = [(0.0, base.get(base_key[key]))] if base.get("connections") == 0 else []
+    points += [(r["connections"], r[key]) for r in run["steps"]]
+    if max((x or 0 for x, _ in points), default=0) < MIN_CONNECTIONS_FOR_SLOPE:
+        return None
+    return slope(points)
+
+
+def row(run: dict, index: int | None) -> dict | None:
+    if index is None:
+        return None
+    return next((r for r in run["steps"] if r["index"] == index), None)
+
+
+def p99(r: dict | None) -> float | None:
+    """Locust's own p99 at the step's end when present, else from the exporter histogram."""
+    if r is None:
+        return None
+    value = r.get("locust_p99_ms")
+    return value if value is not None else r.get("latency_p99_ms")
+
+
+def p50(r: dict | None) -> float | None:
+    if r is None:
+        return None
+    value = r.get("locust_p50_ms")
+    return value if value is not None else r.get("latency_p50_ms")
+
+
+def cpu_us_per_delivery(r: dict | None) -> float | None:
+    if r is None or not r.get("deliveries_per_s") or r.get("server_cpu_cores") is None:
+        return None
+    return 1e6 * r["server_cpu_cores"] / r["deliveries_per_s"]
+
+
+def derive(run: dict) -> dict:
+    """The headline figures of one server run."""
+    limit = run["limit"]
+    ok = row(run, limit["last_ok_step"])
+    broke = row(run, limit["step"])
+    rss = per_connection(run, "rss_bytes")
+    vms = per_connection(run, "vms_bytes")
+    valid = [r for r in run["steps"] if r["outcome"] != "invalid"]
+    shares = [
+        r["busiest_thread_share"]
+        for r in run["steps"]
+        if r.get("busiest_thread_share") is not None and (r.get("thread_cpu_seconds") or 0) >= 0.5
+    ]
+    return {
+        "kib_per_connection": None if rss is None else rss / 1024,
+        "virtual_kib_per_connection": None if vms is None else vms / 1024,
+        "threads_per_connection": per_connection(run, "threads"),
+        "fds_per_connection": per_connection(run, "open_fds"),
+        "max_connections": max((r["connections"] or 0 for r in run["steps"]), default=0),
+        "max_rss_bytes": max((r["rss_bytes"] or 0 for r in run["steps"]), default=0),
+        "max_threads": max((r["threads"] or 0 for r in run["steps"]), default=0),
+        "last_ok": None
+        if ok is None
+        else {
+            "users": ok["users_target"],
+            "connections": ok["connections"],
+            "deliveries_per_s": ok["deliveries_per_s"],
+            "server_cpu_cores": ok["server_cpu_cores"],
+            "p50_ms": p50(ok),
+            "p99_ms": p99(ok),
+            "cpu_us_per_delivery": cpu_us_per_delivery(ok),
+        },
+        "at_limit": None
+        if broke is None
+        else {
+            "users": broke["users_target"],
+            "deliveries_per_s": broke["deliveries_per_s"],
+            "server_cpu_cores": broke["server_cpu_cores"],
+            "p99_ms": p99(broke),
+            "failure_ratio": broke["failure_ratio"],
+        },
+        "max_server_cpu_cores": max((r["server_cpu_cores"] or 0 for r in valid), default=None),
+        "busiest_thread_share": sum(shares) / len(shares) if shares else None,
+        "seq_failures": sum(r["failures_by_name"].get("seq", 0) for r in run["steps"]),
+        "failures": sum(r["failures"] for r in run["steps"]),
+        "invalid_steps": sum(1 for r in run["steps"] if r["outcome"] == "invalid"),
+    }
+
+
+def largest_common_step(a: dict, b: dict) -> tuple[dict, dict] | None:
+    """Rows of the largest user count both runs served as a valid, ok step."""
+    ok_a = {r["users_target"]: r for r in a["steps"] if r["outcome"] == "ok"}
+    ok_b = {r["users_target"]: r for r in b["steps"] if r["outcome"] == "ok"}
+    common = sorted(set(ok_a) & set(ok_b))
+    return (ok_a[common[-1]], ok_b[common[-1]]) if common else None

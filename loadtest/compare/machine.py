@@ -1,0 +1,86 @@
+"""Describe the machine a comparison ran on (shown in the report, kept in summary.json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import resource
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+PACKAGES = (
+    "websockets", "uvloop", "prometheus-client", "orjson", "locust", "gevent",
+    "websocket-client", "psutil", "matplotlib",
+)  # fmt: skip
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root, capture_output=True, text=True, timeout=5, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def describe(pinning: dict, root: Path) -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "distribution": _os_release(),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_bytes": psutil.virtual_memory().total,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "packages": versions,
+        "pinning": pinning,
+        "fd_limit": {"soft": soft, "hard": hard},
+        "pid_max": _int(_read("/proc/sys/kernel/pid_max")),
+        "threads_max": _int(_read("/proc/sys/kernel/threads-max")),
+        "load_average_at_start": list(load) if load else None,
+        "git_commit": git_commit(root),
+    }
+
+
+def _os_release() -> str | None:
+    for line in (_read("/etc/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None

@@ -1,0 +1,203 @@
+"""The report's plots: both servers on the same axes, one PNG each (matplotlib, Agg).
+
+Conventions in every plot: threaded in orange with circles, async in blue with
+squares; a filled marker is a valid step, a hollow one a step whose load
+generator was saturated (invalid), and a cross marks the step at which the
+server hit its limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
+
+from loadtest.compare import figures
+
+STYLE = {
+    "threaded": {"color": "tab:orange", "marker": "o", "label": "threaded"},
+    "async": {"color": "tab:blue", "marker": "s", "label": "async"},
+}
+DPI = 100
+SIZE = (7.5, 4.2)
+THOUSANDS = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+
+PLOTS = {
+    "latency.png": "Fan-out latency (p50, p99) vs users",
+    "throughput.png": "Deliveries per second vs users",
+    "memory.png": "Resident memory vs connections, and KiB per connection",
+    "threads.png": "OS threads vs connections",
+    "cpu.png": "Server CPU vs users (and the load generator's)",
+    "errors.png": "Failures, refusals and server-side disconnects vs users",
+}
+
+
+def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
+    xs, ys, outcomes = [], [], []
+    for r in run["steps"]:
+        x = r[x_key]
+        v = y(r) if callable(y) else r.get(y)
+        if x is None or v is None:
+            continue
+        xs.append(x)
+        ys.append(v)
+        outcomes.append(r["outcome"])
+    return xs, ys, outcomes
+
+
+def _plot(ax, run: dict, x_key: str, y, *, label_suffix="", linestyle="-", alpha=1.0):
+    style = STYLE[run["kind"]]
+    xs, ys, outcomes = _series(run, x_key, y)
+    if not xs:
+        return
+    ax.plot(xs, ys, color=style["color"], linestyle=linestyle, alpha=alpha,
+            label=style["label"] + label_suffix)  # fmt: skip
+    for x, v, outcome in zip(xs, ys, outcomes, strict=True):
+        ax.plot(
+            x, v, marker=style["marker"], color=style["color"], alpha=alpha,
+            markerfacecolor="white" if outcome == "invalid" else style["color"],
+            markersize=5 if linestyle == "-" else 4,
+        )  # fmt: skip
+        if outcome == "limit":
+            ax.plot(x, v, marker="x", color="black", markersize=10, mew=2)
+
+
+def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_formatter(THOUSANDS)
+    ax.set_xlim(left=0)
+
+
+def _legend(ax, extra_note: str | None = None) -> None:
+    handles, _labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8, loc="best")
+    if extra_note:
+        ax.text(0.01, 0.01, extra_note, transform=ax.transAxes, fontsize=7, color="0.35",
+                va="bottom")  # fmt: skip
+
+
+MARKER_NOTE = "filled: valid step · hollow: load generator saturated · x: limit"
+
+
+def latency(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=SIZE)
+    for run in runs:
+        _plot(ax, run, "users_target", figures.p99, label_suffix=" p99")
+        _plot(ax, run, "users_target", figures.p50, label_suffix=" p50", linestyle="--", alpha=0.6)
+    ax.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _finish(ax, f"{name} latency seen by Locust (its last 10 s of each step)", "users",
+            f"{name} latency (ms, log scale)")  # fmt: skip
+    _legend(ax, MARKER_NOTE)
+    _save(fig, path)
+
+
+def throughput(runs: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=SIZE)
+    for run in runs:
+        _plot(ax, run, "users_target", "deliveries_per_s", label_suffix=" (server count)")
+        _plot(ax, run, "users_target", "fanout_receptions_per_s",
+              label_suffix=" (Locust received)", linestyle=":", alpha=0.7)  # fmt: skip
+    ax.yaxis.set_major_formatter(THOUSANDS)
+    ax.set_ylim(bottom=0)
+    _finish(ax, "Messages delivered per second (server) and received (Locust)", "users",
+            "deliveries / s")  # fmt: skip
+    _legend(ax, MARKER_NOTE)
+    _save(fig, path)
+
+
+def memory(runs: list[dict], derived: dict, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 2, SIZE[1]))
+    for run in runs:
+        _plot(left, run, "connections", lambda r: (r["rss_bytes"] or 0) / 2**20)
+        base = (run.get("baseline") or {}).get("rss") or 0
+
+        def per_conn(r, base=base):
+            if not r["connections"] or r["connections"] < figures.MIN_CONNECTIONS_FOR_SLOPE:
+                return None
+            return ((r["rss_bytes"] or 0) - base) / r["connections"] / 1024
+
+        kib = derived[run["kind"]]["kib_per_connection"]
+        _plot(right, run, "connections", per_conn,
+              label_suffix=f" (slope {kib:.1f} KiB)" if kib is not None else "")  # fmt: skip
+    left.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    _finish(left, "Resident memory (RSS) of the server", "connections", "MiB")
+    _finish(right, "(RSS − RSS at start) / connections", "connections", "KiB per connection")
+    _legend(left)
+    _legend(right)
+    _save(fig, path)
+
+
+def threads(runs: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=SIZE)
+    for run in runs:
+        _plot(ax, run, "connections", "threads")
+    top = max((r["connections"] or 0 for run in runs for r in run["steps"]), default=0)
+    if top:
+        ax.plot([0, top], [0, top], color="0.6", linestyle=":", linewidth=1,
+                label="one thread per connection")  # fmt: skip
+    ax.yaxis.set_major_formatter(THOUSANDS)
+    ax.set_ylim(bottom=0)
+    _finish(ax, "OS threads of the server process", "connections", "threads")
+    _legend(ax)
+    _save(fig, path)
+
+
+def cpu(runs: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=SIZE)
+    for run in runs:
+        _plot(ax, run, "users_target", "server_cpu_cores", label_suffix=" server")
+        _plot(ax, run, "users_target", lambda r: (r["locust_cpu_mean"] or 0) / 100,
+              label_suffix=": its Locust", linestyle=":", alpha=0.6)  # fmt: skip
+    ax.axhline(1.0, color="0.4", linewidth=1, linestyle="--", label="one core")
+    ax.axhline(0.9, color="red", linewidth=0.8, linestyle=":", label="Locust saturation (90 %)")
+    ax.set_ylim(bottom=0, top=max(1.2, ax.get_ylim()[1]))
+    _finish(ax, "CPU in cores (1.0 = one core busy all the time)", "users", "cores")
+    _legend(ax, MARKER_NOTE)
+    _save(fig, path)
+
+
+def errors(runs: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=SIZE)
+    total = 0.0
+    for run in runs:
+        _plot(ax, run, "users_target", "failures", label_suffix=" Locust failures")
+        disconnects = lambda r: sum(v for k, v in r["disconnects"].items() if k != "client_close")  # noqa: E731
+        refused = lambda r: sum(r["rejected"].values())  # noqa: E731
+        _plot(ax, run, "users_target", disconnects, label_suffix=" server-side disconnects",
+              linestyle="--", alpha=0.7)  # fmt: skip
+        _plot(ax, run, "users_target", refused, label_suffix=" refused", linestyle=":", alpha=0.7)
+        total += sum(r["failures"] + disconnects(r) + refused(r) for r in run["steps"])
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
+    _finish(ax, "Per step: Locust failures, connections refused, disconnects not asked by the "
+            "client", "users", "count per step (symlog)")  # fmt: skip
+    _legend(ax, "all zero: nothing failed, refused or dropped in any step" if not total else None)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def draw_all(runs: list[dict], derived: dict, slo_ms: float, latency_name: str, out: Path):
+    """Write every plot into ``out``; return {file name: title}."""
+    latency(runs, slo_ms, latency_name, out / "latency.png")
+    throughput(runs, out / "throughput.png")
+    memory(runs, derived, out / "memory.png")
+    threads(runs, out / "threads.png")
+    cpu(runs, out / "cpu.png")
+    errors(runs, out / "errors.png")
+    return dict(PLOTS)

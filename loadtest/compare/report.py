@@ -1,0 +1,298 @@
+"""Write reports/<timestamp>/: summary.json, report.html (self-contained) and the plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from loadtest.compare import claims, figures, plots, steps
+from loadtest.compare.profiles import Profile
+
+KINDS = ("threaded", "async")
+
+
+def headline(runs: dict, derived: dict) -> list[dict]:
+    """One row per server: the figures the README's table shows."""
+    out = []
+    for kind in KINDS:
+        if kind not in runs:
+            continue
+        run, fig = runs[kind], derived[kind]
+        limit, ok = run["limit"], fig["last_ok"] or {}
+        out.append(
+            {
+                "server": kind,
+                "limit_users": limit["users"],
+                "limit": (
+                    f"{limit['users']:,} users" if limit["reached"] else limit["criterion"]
+                ),
+                "criterion": limit["criterion"],
+                "last_ok_users": limit["last_ok_users"],
+                "deliveries_per_s_last_ok": ok.get("deliveries_per_s"),
+                "p99_ms_last_ok": ok.get("p99_ms"),
+                "kib_per_connection": fig["kib_per_connection"],
+                "threads_per_connection": fig["threads_per_connection"],
+                "server_cpu_cores_last_ok": ok.get("server_cpu_cores"),
+                "server_cpu_cores_at_limit": (fig["at_limit"] or {}).get("server_cpu_cores"),
+                "cpu_us_per_delivery_last_ok": ok.get("cpu_us_per_delivery"),
+            }
+        )
+    return out
+
+
+def headline_markdown(rows: list[dict]) -> str:
+    """The headline as a Markdown table (for docs and the README)."""
+    lines = [
+        "| server | limit (users, criterion) | last good step | deliveries/s there | p99 there "
+        "| memory per connection | threads per connection | server CPU there |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['server']} | {r['limit'] if r['limit_users'] is None else _limit_cell(r)} "
+            f"| {_n(r['last_ok_users'])} users | {_n(r['deliveries_per_s_last_ok'])} "
+            f"| {_n(r['p99_ms_last_ok'], '{:,.0f} ms')} "
+            f"| {_n(r['kib_per_connection'], '{:.1f} KiB')} "
+            f"| {_n(r['threads_per_connection'], '{:.2f}')} "
+            f"| {_n(r['server_cpu_cores_last_ok'], '{:.2f} cores')} |"
+        )
+    return "\n".join(lines)
+
+
+def _limit_cell(r: dict) -> str:
+    return f"{r['limit_users']:,} users: {r['criterion']}"
+
+
+def _n(value, fmt="{:,.0f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def source_lines(root: Path) -> dict:
+    """Non-blank lines of Python in each server package (context for the simplicity claim)."""
+    out = {}
+    for kind, package in (("threaded", "threaded_server"), ("async", "async_server")):
+        files = sorted((root / package).glob("*.py"))
+        out[kind] = sum(
+            1 for f in files for line in f.read_text().splitlines() if line.strip()
+        )
+    return out
+
+
+def write(
+    out: Path,
+    *,
+    root: Path,
+    profile: Profile,
+    scenario: str,
+    latency_name: str,
+    runs: dict,
+    probes: dict,
+    machine: dict,
+    command: list[str],
+    locust_args: list[str],
+    server_args: list[str],
+) -> dict:
+    """Compute the derived figures and claims, draw the plots, write summary.json and HTML."""
+    derived = {kind: figures.derive(run) for kind, run in runs.items()}
+    rows = headline(runs, derived)
+    table = (
+        claims.evaluate(runs, derived, probes, source_lines(root))
+        if set(KINDS) <= set(runs)
+        else []
+    )
+    plot_titles = plots.draw_all(
+        [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
+    )
+    summary = {
+        "format": 1,
+        "date": machine["date"],
+        "command": command,
+        "profile": profile.as_dict(),
+        "scenario": scenario,
+        "latency_name": latency_name,
+        "locust_args": locust_args,
+        "server_args": server_args,
+        "rules": steps.__doc__,
+        "thresholds": claims.THRESHOLDS,
+        "machine": machine,
+        "headline": rows,
+        "servers": {
+            kind: {**runs[kind], "derived": derived[kind], "probe": probes.get(kind)}
+            for kind in runs
+        },
+        "claims": table,
+        "plots": plot_titles,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "headline.md").write_text(headline_markdown(rows) + "\n")
+    (out / "report.html").write_text(render_html(summary, out))
+    return summary
+
+
+# -- HTML ---------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums}
+.supported{background:#e3f6e3} .notsupported{background:#fde4e4} .notmeasured{color:#777}
+.invalid{color:#999} .limit{background:#fde4e4;font-weight:bold}
+img{max-width:100%;border:1px solid #eee} code{background:#f5f5f5;padding:1px 3px}
+.small{font-size:12px;color:#555}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(head: list[str], body: list[list], classes: list[str] | None = None) -> str:
+    rows = []
+    for i, cells in enumerate(body):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (
+        "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"
+        + "".join(rows) + "</table>"
+    )  # fmt: skip
+
+
+def render_html(summary: dict, out: Path) -> str:
+    m = summary["machine"]
+    p = summary["profile"]
+    limits = p["limits"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>twinchat: threaded vs asyncio, {_e(summary['date'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>twinchat: where thread-per-connection and asyncio hit their limits</h1>",
+        f"<p>Scenario <b>{_e(summary['scenario'])}</b>, profile <b>{_e(p['name'])}</b>: steps "
+        f"of {_e(p['levels'])} users, {p['step_time']:g} s each, judged on the last "
+        f"{p['window']:g} s. Same steps, same load for both servers, each started fresh. "
+        f"{_e(m['pinning']['why'])}. Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs "
+        f"({_e(m['cpu_model'])}), {m['memory_bytes'] / 2**30:.0f} GiB.</p>",
+        "<h2>Headline</h2>",
+        _headline_html(summary["headline"]),
+        "<p class='small'>Limit: the first step that broke a rule below. “Last good step”: "
+        "the largest valid step within the SLO; deliveries/s, p99 and CPU are read there. "
+        "Memory and threads per connection: slope of the server's RSS / thread count over "
+        "its connection count across all steps.</p>",
+        "<h2>Rules</h2><ul>"
+        f"<li>limit when p99 of <code>{_e(summary['latency_name'])}</code> &gt; "
+        f"{limits['slo_ms']:g} ms in a step (more than 1 % of receptions slower)</li>"
+        f"<li>limit when failures &gt; {limits['max_failure_ratio']:.0%} of requests, or the "
+        f"server refuses connections (or &gt; {limits['max_connect_failure_ratio']:.0%} of "
+        "connects fail), or the server dies</li>"
+        f"<li>a step where Locust's CPU averaged &gt; {limits['locust_cpu_saturated']:g} % is "
+        f"<i>invalid</i>, never the server's limit; {limits['invalid_steps_to_stop']} invalid "
+        "steps in a row end the run (“load generator saturated”)</li></ul>",
+    ]
+    for name, title in summary["plots"].items():
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        parts.append(
+            f"<h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
+        )
+    if summary["claims"]:
+        parts.append("<h2>The article's claims, tested by this run</h2>")
+        parts.append(
+            "<p class='small'>From <i>Concurrency models in Python: threads vs Asyncio</i> "
+            "(../shared/seed/threads-vs-asyncio-article.md). Each verdict is computed from the "
+            "figures of this run with the rule shown; thresholds: "
+            + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
+            + ".</p>"
+        )
+        body, classes = [], []
+        for c in summary["claims"]:
+            body.append([
+                _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c["measurement"]),
+                _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>",
+            ])  # fmt: skip
+            classes.append(c["verdict"].replace(" ", "").replace("here", ""))
+        parts.append(
+            _table(["", "claim", "measurement", "rule", "this run", "verdict"], body, classes)
+        )
+    for kind, server in summary["servers"].items():
+        parts.append(f"<h2>Steps: {_e(kind)}</h2>")
+        parts.append(
+            f"<p class='small'>Stopped: {_e(server['stop_reason'])}; Locust exit "
+            f"{_e(server['locust_exit'])}, server exit {_e(server['server_exit'])}.</p>"
+        )
+        parts.append(_steps_html(server["steps"]))
+        if server.get("server_log_tail"):
+            parts.append(f"<pre class='small'>{_e(server['server_log_tail'])}</pre>")
+        probe = server.get("probe")
+        if probe and probe.get("steps"):
+            parts.append(
+                f"<p>Unpinned probe ({_e(probe['levels'][0])} users, {probe['step_time']:g} s, "
+                "nothing pinned):</p>"
+            )
+            parts.append(_steps_html(probe["steps"]))
+    parts.append("<h2>Machine</h2>")
+    parts.append(
+        _table(
+            ["", ""],
+            [[_e(k), _e(v if not isinstance(v, dict) else json.dumps(v))] for k, v in m.items()],
+        )
+    )
+    files = sorted(f.name for f in out.iterdir() if f.is_file())
+    parts.append(
+        "<h2>Files</h2><p class='small'>Beside this report: "
+        + ", ".join(f"<code>{_e(f)}</code>" for f in files)
+        + ". <code>summary.json</code> holds every figure; <code>*-samples.jsonl</code> one "
+        "sample per second; <code>*-locust_*.csv</code> Locust's own CSVs.</p>"
+    )
+    parts.append(f"<p class='small'>Command: <code>{_e(' '.join(summary['command']))}</code></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _headline_html(rows: list[dict]) -> str:
+    body = []
+    for r in rows:
+        body.append([
+            f"<b>{_e(r['server'])}</b>",
+            _e(_limit_cell(r) if r["limit_users"] is not None else r["limit"]),
+            _e(_n(r["last_ok_users"])),
+            _e(_n(r["deliveries_per_s_last_ok"])),
+            _e(_n(r["p99_ms_last_ok"], "{:,.0f} ms")),
+            _e(_n(r["kib_per_connection"], "{:.1f} KiB")),
+            _e(_n(r["threads_per_connection"], "{:.2f}")),
+            _e(_n(r["server_cpu_cores_last_ok"], "{:.2f}")),
+            _e(_n(r["server_cpu_cores_at_limit"], "{:.2f}")),
+            _e(_n(r["cpu_us_per_delivery_last_ok"], "{:.1f}")),
+        ])  # fmt: skip
+    return _table(
+        ["server", "limit", "last good step (users)", "deliveries/s there", "p99 there",
+         "memory / connection", "threads / connection", "server CPU there (cores)",
+         "server CPU at limit (cores)", "CPU µs / delivery"],
+        body,
+    )  # fmt: skip
+
+
+def _steps_html(rows: list[dict]) -> str:
+    body, classes = [], []
+    for r in rows:
+        body.append([
+            _e(r["users_target"]), _e(_n(r["connections"])),
+            _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
+            _e(_n(r["server_fanout_p99_ms"], "{:,.1f}")),
+            _e(_n(r["loop_lag_p99_ms"], "{:,.1f}")),
+            _e(_n(r["deliveries_per_s"])),
+            _e(_n(r["server_cpu_cores"], "{:.2f}")),
+            _e(_n(r["locust_cpu_mean"], "{:.0f}")),
+            _e(_n((r["rss_bytes"] or 0) / 2**20, "{:.0f}")),
+            _e(_n(r["threads"])), _e(_n(r["open_fds"])),
+            _e(f"{100 * r['failure_ratio']:.2f}"),
+            _e(", ".join(f"{k} {v:.0f}" for k, v in r["disconnects"].items()) or "-"),
+            _e(r["outcome"] + (f": {r['reason']}" if r["reason"] else "")),
+        ])  # fmt: skip
+        classes.append({"invalid": "invalid", "limit": "limit"}.get(r["outcome"], ""))
+    return _table(
+        ["users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms", "loop lag p99 ms",
+         "deliveries/s", "server CPU", "Locust CPU %", "RSS MiB", "threads", "fds",
+         "failures %", "disconnects", "outcome"],
+        body, classes,
+    )  # fmt: skip

@@ -1,0 +1,230 @@
+"""Reduce the per-second samples of one step to one row, and decide the limit.
+
+A step runs from ``start`` to ``end`` (wall clock). Throughput, CPU and
+latency are read over its last ``window`` seconds (ramp and settling
+excluded); failures, refusals and disconnects over the whole step.
+
+Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the report):
+
+1. the server process died or stopped answering → limit ``died``;
+2. the server refused connections (``chat_connections_rejected_total`` grew) or
+   more than 1 % of connects failed → limit ``refused``;
+3. the load generator's CPU averaged above 90 % over the window → the step is
+   ``invalid`` (its latency is the load generator's), never the server's limit;
+4. more than 1 % of requests failed → limit ``failures``;
+5. p99 of the scenario latency above the SLO → limit ``slo``: computed from
+   Locust's response-time histogram over the window as "more than 1 % of the
+   receptions took longer than the SLO" (exact when the SLO is a bucket bound);
+6. otherwise ``ok``. After the last step: ``not reached (max step)``; after
+   ``invalid_steps_to_stop`` invalid steps in a row: ``not reached (load
+   generator saturated)``.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+from loadtest.compare import prom
+from loadtest.compare.profiles import Limits
+
+IGNORED_FAILURES = ("cpu_saturated",)  # the saturation guard's marker, not a request
+
+
+def at(samples: list[dict], t: float) -> dict | None:
+    """The last sample taken at or before ``t`` (else the first one)."""
+    best = None
+    for sample in samples:
+        if sample["t"] <= t:
+            best = sample
+        else:
+            break
+    return best if best is not None else (samples[0] if samples else None)
+
+
+def _get(sample: dict | None, part: str, key: str):
+    if sample is None or sample.get(part) is None:
+        return None
+    return sample[part].get(key)
+
+
+def _rate(a: dict | None, b: dict | None, key: str) -> float | None:
+    x, y = _get(a, "server", key), _get(b, "server", key)
+    if x is None or y is None or b["t"] <= a["t"]:
+        return None
+    return (y - x) / (b["t"] - a["t"])
+
+
+def _sum_delta(a: dict | None, b: dict | None, part: str, key: str, skip=()) -> float:
+    before = _get(a, part, key) or {}
+    after = _get(b, part, key) or {}
+    return sum(max(0.0, v - before.get(k, 0.0)) for k, v in after.items() if k not in skip)
+
+
+def _by_reason(a: dict | None, b: dict | None, part: str, key: str, skip=()) -> dict:
+    before = _get(a, part, key) or {}
+    after = _get(b, part, key) or {}
+    out = {k: max(0.0, v - before.get(k, 0.0)) for k, v in after.items() if k not in skip}
+    return {k: v for k, v in out.items() if v}
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(
+    index: int,
+    target: int,
+    start: float,
+    end: float,
+    window: float,
+    samples: list[dict],
+    limits: Limits,
+) -> dict:
+    """One row for the step ``[start, end]`` from the run's samples."""
+    w_start = max(start, end - window)
+    first, w_first, last = at(samples, start), at(samples, w_start), at(samples, end)
+    inside = [s for s in samples if w_start <= s["t"] <= end]
+    seconds = (last["t"] - w_first["t"]) if (last and w_first) else 0.0
+
+    slo_s = limits.slo_ms / 1000.0
+    latency = prom.delta(_get(last, "locust", "latency"), _get(w_first, "locust", "latency"))
+    server_fanout = prom.delta(_get(last, "server", "fanout"), _get(w_first, "server", "fanout"))
+    loop_lag = prom.delta(_get(last, "server", "loop_lag"), _get(w_first, "server", "loop_lag"))
+
+    requests = _sum_delta(first, last, "locust", "requests", IGNORED_FAILURES)
+    failures = _sum_delta(first, last, "locust", "failures", IGNORED_FAILURES)
+    connects = _by_reason(first, last, "locust", "requests").get("connect", 0.0)
+    connect_failures = _by_reason(first, last, "locust", "failures").get("connect", 0.0)
+    received_by_locust = _by_reason(w_first, last, "locust", "requests")
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else value * 1000.0
+
+    def per_s(count: float) -> float | None:
+        return count / seconds if seconds > 0 else None
+
+    row = {
+        "index": index,
+        "users_target": target,
+        "start": start,
+        "end": end,
+        "window_s": round(seconds, 2),
+        "users": _get(last, "locust", "users"),
+        "connections": _get(last, "server", "connections"),
+        "rss_bytes": _get(last, "server", "rss"),
+        "vms_bytes": _get(last, "server", "vms"),
+        "open_fds": _get(last, "server", "fds"),
+        "threads": _get(last, "server", "threads"),
+        "rooms": _get(last, "server", "rooms"),
+        "server_cpu_cores": _rate(w_first, last, "cpu_seconds"),
+        "server_cpu_cores_max": max(
+            (c for a, b in pairwise(inside) if (c := _rate(a, b, "cpu_seconds")) is not None),
+            default=None,
+        ),
+        "deliveries_per_s": _rate(w_first, last, "delivered"),
+        "received_per_s": _rate(w_first, last, "received"),
+        "fanout_receptions_per_s": per_s(
+            received_by_locust.get("fanout", 0.0) + received_by_locust.get("ack", 0.0)
+        ),
+        "latency_count": prom.count(latency),
+        "latency_p50_ms": ms(prom.quantile(0.5, latency)),
+        "latency_p99_ms": ms(prom.quantile(limits.slo_quantile, latency)),
+        "latency_over_slo_share": prom.share_above(slo_s, latency),
+        "server_fanout_p99_ms": ms(prom.quantile(0.99, server_fanout)),
+        "loop_lag_p99_ms": ms(prom.quantile(0.99, loop_lag)),
+        "requests": requests,
+        "failures": failures,
+        "failure_ratio": failures / requests if requests else 0.0,
+        "failures_by_name": _by_reason(first, last, "locust", "failures", IGNORED_FAILURES),
+        "connects": connects,
+        "connect_failures": connect_failures,
+        "rejected": _by_reason(first, last, "server", "rejected"),
+        "disconnects": _by_reason(first, last, "server", "disconnects"),
+        "dropped": _by_reason(first, last, "server", "dropped"),
+        "locust_cpu_mean": _mean([s.get("locust_cpu") for s in inside]),
+        "locust_cpu_max": max(
+            (s["locust_cpu"] for s in inside if s.get("locust_cpu") is not None), default=None
+        ),
+        "machine_cpu_mean": _mean([s.get("machine_cpu") for s in inside]),
+        "server_up": all(s.get("server") is not None for s in samples if start <= s["t"] <= end),
+    }
+    row["outcome"], row["reason"] = judge(row, limits)
+    return row
+
+
+def judge(row: dict, limits: Limits) -> tuple[str, str]:
+    """(``ok`` | ``limit`` | ``invalid``, why) for one step row."""
+    if not row["server_up"]:
+        return "limit", "died"
+    connects = row["connects"]
+    if row["rejected"] or (
+        connects and row["connect_failures"] / connects > limits.max_connect_failure_ratio
+    ):
+        refused = int(sum(row["rejected"].values()))
+        return "limit", (
+            f"refused ({refused} rejected, {int(row['connect_failures'])} of "
+            f"{int(row['connects'])} connects failed)"
+        )
+    cpu = row["locust_cpu_mean"]
+    if cpu is not None and cpu > limits.locust_cpu_saturated:
+        return "invalid", f"load generator CPU {cpu:.0f}% > {limits.locust_cpu_saturated:.0f}%"
+    if row["failure_ratio"] > limits.max_failure_ratio:
+        return "limit", (
+            f"failures {100 * row['failure_ratio']:.1f}% > {100 * limits.max_failure_ratio:.0f}%"
+        )
+    over = row["latency_over_slo_share"]
+    if over is not None and over > 1.0 - limits.slo_quantile:
+        return "limit", f"p99 over SLO ({100 * over:.1f}% of receptions > {limits.slo_ms:.0f} ms)"
+    return "ok", ""
+
+
+def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
+    """The server's limit from its step rows (in order).
+
+    ``finished``: the step plan ran to its end (else it was cut short).
+    """
+    last_ok = None
+    invalid_run = 0
+    for row in rows:
+        if row["outcome"] == "limit":
+            return {
+                "reached": True,
+                "users": row["users_target"],
+                "criterion": row["reason"],
+                "step": row["index"],
+                "last_ok_users": last_ok["users_target"] if last_ok else None,
+                "last_ok_step": last_ok["index"] if last_ok else None,
+            }
+        if row["outcome"] == "invalid":
+            invalid_run += 1
+            if invalid_run >= limits.invalid_steps_to_stop:
+                break
+        else:
+            invalid_run = 0
+            last_ok = row
+    why = "max step" if finished and invalid_run < limits.invalid_steps_to_stop else None
+    if why is None:
+        why = (
+            "load generator saturated"
+            if invalid_run >= limits.invalid_steps_to_stop
+            else "run cut short"
+        )
+    return {
+        "reached": False,
+        "users": None,
+        "criterion": f"not reached ({why})",
+        "step": None,
+        "last_ok_users": last_ok["users_target"] if last_ok else None,
+        "last_ok_step": last_ok["index"] if last_ok else None,
+    }
+
+
+def should_stop(rows: list[dict], limits: Limits) -> bool:
+    """True once the rows so far decide the run (a limit, or too many invalid steps)."""
+    if any(r["outcome"] == "limit" for r in rows):
+        return True
+    tail = rows[-limits.invalid_steps_to_stop :]
+    return len(tail) == limits.invalid_steps_to_stop and all(
+        r["outcome"] == "invalid" for r in tail
+    )

@@ -1,0 +1,157 @@
+"""`make compare`: the smoke profile end to end, and the rules that decide a limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loadtest.compare import prom, steps
+from loadtest.compare.plots import PLOTS
+from loadtest.compare.profiles import Limits, profile
+from loadtest.serverproc import PROJECT_ROOT
+
+KINDS = ("threaded", "async")
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    """Run the smoke profile once through the command line (both servers, real Locust)."""
+    reports = tmp_path_factory.mktemp("reports")
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.compare", "--profile", "smoke", "--reports", str(reports)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    latest = reports / "latest"
+    assert latest.is_symlink()
+    return latest.resolve(), result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_smoke_writes_report_summary_and_every_plot(smoke_report):
+    """The smoke run writes report.html, summary.json and every plot, PNGs embedded in the HTML."""
+    out, _ = smoke_report
+    html = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    for name in PLOTS:
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert name in summary["plots"]
+    assert html.count("data:image/png;base64,") == len(PLOTS)
+    for kind in KINDS:
+        assert (out / f"{kind}-locust_stats_history.csv").exists()
+        assert (out / f"{kind}-samples.jsonl").exists()
+
+
+@pytest.mark.timeout(300)
+def test_smoke_summary_has_a_limit_or_not_reached_for_both_servers(smoke_report):
+    """summary.json holds, for each server, a limit in users or an explicit "not reached"."""
+    out, _ = smoke_report
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["server"] for row in summary["headline"]] == list(KINDS)
+    for kind in KINDS:
+        limit = summary["servers"][kind]["limit"]
+        if limit["reached"]:
+            assert limit["users"] > 0 and limit["criterion"]
+        else:
+            assert limit["criterion"].startswith("not reached")
+        assert summary["servers"][kind]["steps"], kind
+    assert summary["machine"]["cpus"] >= 1
+    assert {c["verdict"] for c in summary["claims"]} <= {
+        "supported",
+        "not supported",
+        "not measured here",
+    }
+
+
+@pytest.mark.timeout(300)
+def test_smoke_prints_progress_lines(smoke_report):
+    """The run says which server and step it is on while it runs."""
+    _, stdout = smoke_report
+    for kind in KINDS:
+        assert f"[compare] {kind}" in stdout
+    assert "step 1/2" in stdout
+
+
+def test_make_compare_runs_the_runner_with_profile_and_scenario():
+    """`make compare PROFILE=smoke SCENARIO=idle` calls the runner with both (dry run)."""
+    result = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "compare", "PROFILE=smoke", "SCENARIO=idle"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "-m loadtest.compare --profile smoke --scenario idle" in result.stdout
+    assert "pip install" in result.stdout  # on a fresh clone the venv target installs first
+
+
+def _row(**changes) -> dict:
+    row = {
+        "server_up": True,
+        "rejected": {},
+        "connects": 100.0,
+        "connect_failures": 0.0,
+        "locust_cpu_mean": 50.0,
+        "failure_ratio": 0.0,
+        "latency_over_slo_share": 0.0,
+    }
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "outcome", "reason"),
+    [
+        ({}, "ok", ""),
+        ({"server_up": False}, "limit", "died"),
+        ({"rejected": {"capacity": 3.0}}, "limit", "refused"),
+        ({"connect_failures": 2.0}, "limit", "refused"),
+        ({"locust_cpu_mean": 95.0, "latency_over_slo_share": 0.5}, "invalid", "load generator"),
+        ({"failure_ratio": 0.02}, "limit", "failures"),
+        ({"latency_over_slo_share": 0.011}, "limit", "p99 over SLO"),
+        ({"latency_over_slo_share": 0.009}, "ok", ""),
+    ],
+)
+def test_judge_applies_the_rules_in_order(changes, outcome, reason):
+    """A step is a limit (died, refused, failures, SLO), invalid (Locust saturated) or ok."""
+    got, why = steps.judge(_row(**changes), Limits())
+    assert got == outcome
+    assert why.startswith(reason)
+
+
+def test_two_invalid_steps_end_the_run_as_not_reached():
+    """Two saturated steps in a row: the load generator, not the server, was the limit."""
+    rows = [
+        {"index": 0, "users_target": 100, "outcome": "ok", "reason": ""},
+        {"index": 1, "users_target": 200, "outcome": "invalid", "reason": "cpu"},
+        {"index": 2, "users_target": 300, "outcome": "invalid", "reason": "cpu"},
+    ]
+    assert steps.should_stop(rows, Limits())
+    limit = steps.verdict(rows, Limits(), finished=False)
+    assert not limit["reached"]
+    assert limit["criterion"] == "not reached (load generator saturated)"
+    assert limit["last_ok_users"] == 100
+
+
+def test_histogram_quantile_and_share_above_the_slo():
+    """p99 and the share above a bucket bound come out as Prometheus would compute them."""
+    buckets = [(0.1, 90.0), (0.5, 98.0), (1.0, 100.0), (float("inf"), 100.0)]
+    assert prom.quantile(0.5, buckets) == pytest.approx(0.1 * 50 / 90)
+    assert prom.quantile(0.99, buckets) == pytest.approx(0.75)
+    assert prom.share_above(0.5, buckets) == pytest.approx(0.02)
+    assert prom.share_above(0.1, buckets) == pytest.approx(0.10)
+    assert prom.quantile(0.99, []) is None
+
+
+def test_profiles_step_up_to_their_maximum():
+    """Every profile ends on its maximum, and smoke stays a two-step run."""
+    assert profile("smoke").levels() == [20, 40]
+    quick = profile("quick").levels()
+    assert quick[-1] == 4000 and quick == sorted(quick)
