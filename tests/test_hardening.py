@@ -111,18 +111,7 @@ def test_bad_input_battery(server, frame, codes):
         bystander.finish(server)
 
 
-PING_DEPTH_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="orjson.dumps refuses t nested past 254 levels (TypeError: Recursion limit reached) "
-    "and ChatCore.receive lets it escape: threaded drops TCP without a close frame, async "
-    "closes 1011 (see /tmp/hardening-bugs.md #1)",
-)
-
-
-@pytest.mark.parametrize(
-    "depth",
-    [100, 300, 1000],
-)
+@pytest.mark.parametrize("depth", [100, 300, 1000])
 def test_ping_echoes_any_valid_t(server, depth):
     """ping with a deeply nested (but parseable) t gets a pong or an error, never a dropped line."""
     room = new_room()
