@@ -162,12 +162,19 @@ def _observe(locust, server, exporter_port, plan, window) -> list[Step]:
     server_proc.cpu_percent(None)
     metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
     levels = list(range(plan["start"], plan["max"] + 1, plan["step"]))
-    start = time.monotonic()
+    # Align the step clock with Locust's: its first step starts with the first user.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and locust.poll() is None:
+        if scrape(metrics_url).get("locust_users", 0.0) > 0:
+            break
+        time.sleep(0.2)
+    start = time.monotonic() - 0.2
     steps: list[Step] = []
     for i, users_target in enumerate(levels):
         step = Step(users_target)
         step_end = start + (i + 1) * plan["time"]
-        while time.monotonic() < step_end - 0.5 and locust.poll() is None:
+        # Stop sampling 2 s before Locust's next ramp (a sample takes up to ~1.5 s).
+        while time.monotonic() < step_end - 2.0 and locust.poll() is None:
             time.sleep(1.0)
             values = scrape(metrics_url)
             server_values = scrape(server.metrics_url)
@@ -185,7 +192,7 @@ def _observe(locust, server, exporter_port, plan, window) -> list[Step]:
                 server_connections=server_values.get("chat_connections", 0.0),
             )
             step.samples.append(values)
-        tail = [s for s in step.samples if s["t"] >= step_end - window - 0.5]
+        tail = [s for s in step.samples if s["t"] >= step_end - window - 2.0]
         if len(tail) >= 2:
             first, last = tail[0], tail[-1]
             dt = last["t"] - first["t"]
@@ -256,13 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["idle", "fanout", "all"])
     parser.add_argument("--server", choices=["async", "threaded"], default="async")
-    parser.add_argument("--idle-step", type=int, default=2000)
-    parser.add_argument("--idle-max", type=int, default=10000)
-    parser.add_argument("--fanout-step", type=int, default=200)
-    parser.add_argument("--fanout-max", type=int, default=2000)
+    parser.add_argument("--idle-step", type=int, default=3000)
+    parser.add_argument("--idle-max", type=int, default=18000)
+    parser.add_argument("--fanout-step", type=int, default=300)
+    parser.add_argument("--fanout-max", type=int, default=3000)
     parser.add_argument("--room-size", type=int, default=50)
     parser.add_argument("--say-every", type=float, default=2.0)
-    parser.add_argument("--window", type=float, default=10.0, help="steady-state seconds/step")
+    parser.add_argument("--window", type=float, default=8.0, help="steady-state seconds/step")
     args = parser.parse_args(argv)
     modes = ["idle", "fanout"] if args.mode == "all" else [args.mode]
     summaries = []

@@ -64,4 +64,8 @@ def _on_init(environment, runner, **_kwargs) -> None:
             plan.duration,
             plan.spawn_rate,
         )
+        if opts.run_time and opts.run_time < plan.duration:
+            logger.warning(
+                "-t %ss ends the run before the last step (%.0f s)", opts.run_time, plan.duration
+            )
     exporter.install(environment, runner)
