@@ -154,4 +154,4 @@ def test_profiles_step_up_to_their_maximum():
     """Every profile ends on its maximum, and smoke stays a two-step run."""
     assert profile("smoke").levels() == [20, 40]
     quick = profile("quick").levels()
-    assert quick[-1] == 4000 and quick == sorted(quick)
+    assert quick[-1] == 6000 and quick == sorted(quick)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from loadtest.compare import machine, report, runner
-from loadtest.compare.profiles import PROFILES, SCENARIOS, profile
+from loadtest.compare.profiles import PROFILES, SCENARIOS, Limits, Profile, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 
@@ -59,11 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra server argument for both servers (repeat)",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--render", type=Path, metavar="DIR",
+        help="only redraw DIR's report (plots, claims, HTML) from its summary.json",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render)
     prof = profile(args.profile).with_steps(
         start=args.start,
         step=args.step,
@@ -116,6 +123,31 @@ def main(argv: list[str] | None = None) -> int:
     runner.say(options, f"done in {time.monotonic() - began:.0f} s: {out / 'report.html'}")
     if not args.quiet:
         print(report.headline_markdown(summary["headline"]))
+    return 0
+
+
+def render(out: Path) -> int:
+    """Rebuild a report from its summary.json (after a change to the plots or claims)."""
+    old = json.loads((out / "summary.json").read_text())
+    p = old["profile"]
+    limits = Limits(**p["limits"])
+    prof = Profile(**{k: v for k, v in p.items() if k not in ("levels", "limits")}, limits=limits)
+    servers = old["servers"]
+    summary = report.write(
+        out,
+        root=PROJECT_ROOT,
+        profile=prof,
+        scenario=old["scenario"],
+        latency_name=old["latency_name"],
+        runs={k: {x: y for x, y in v.items() if x not in ("derived", "probe")}
+              for k, v in servers.items()},
+        probes={k: v["probe"] for k, v in servers.items() if v.get("probe")},
+        machine=old["machine"],
+        command=old["command"],
+        locust_args=old["locust_args"],
+        server_args=old["server_args"],
+    )  # fmt: skip
+    print(report.headline_markdown(summary["headline"]))
     return 0
 
 

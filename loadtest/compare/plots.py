@@ -146,6 +146,14 @@ def threads(runs: list[dict], path: Path) -> None:
     if top:
         ax.plot([0, top], [0, top], color="0.6", linestyle=":", linewidth=1,
                 label="one thread per connection")  # fmt: skip
+    for run in runs:  # label the last point: a flat line at the bottom is easy to miss
+        last = next((r for r in reversed(run["steps"]) if r["threads"] is not None), None)
+        if last is not None:
+            ax.annotate(
+                f"{run['kind']}: {last['threads']:,.0f} threads at {last['connections']:,.0f}",
+                (last["connections"], last["threads"]), textcoords="offset points",
+                xytext=(-10, 8), ha="right", fontsize=8, color=STYLE[run["kind"]]["color"],
+            )  # fmt: skip
     ax.yaxis.set_major_formatter(THOUSANDS)
     ax.set_ylim(bottom=0)
     _finish(ax, "OS threads of the server process", "connections", "threads")
@@ -158,7 +166,10 @@ def cpu(runs: list[dict], path: Path) -> None:
     for run in runs:
         _plot(ax, run, "users_target", "server_cpu_cores", label_suffix=" server")
         _plot(ax, run, "users_target", lambda r: (r["locust_cpu_mean"] or 0) / 100,
-              label_suffix=": its Locust", linestyle=":", alpha=0.6)  # fmt: skip
+              label_suffix=" run: Locust", linestyle=":", alpha=0.6)  # fmt: skip
+    for run in runs:
+        _plot(ax, run, "users_target", "other_cpu_cores", label_suffix=" run: other processes",
+              linestyle="-.", alpha=0.35)  # fmt: skip
     ax.axhline(1.0, color="0.4", linewidth=1, linestyle="--", label="one core")
     ax.axhline(0.9, color="red", linewidth=0.8, linestyle=":", label="Locust saturation (90 %)")
     ax.set_ylim(bottom=0, top=max(1.2, ax.get_ylim()[1]))
@@ -178,11 +189,17 @@ def errors(runs: list[dict], path: Path) -> None:
               linestyle="--", alpha=0.7)  # fmt: skip
         _plot(ax, run, "users_target", refused, label_suffix=" refused", linestyle=":", alpha=0.7)
         total += sum(r["failures"] + disconnects(r) + refused(r) for r in run["steps"])
-    ax.set_yscale("symlog", linthresh=1)
-    ax.set_ylim(bottom=0)
+    if total:
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_ylim(-0.5, 10)
     _finish(ax, "Per step: Locust failures, connections refused, disconnects not asked by the "
-            "client", "users", "count per step (symlog)")  # fmt: skip
-    _legend(ax, "all zero: nothing failed, refused or dropped in any step" if not total else None)
+            "client", "users", "count per step")  # fmt: skip
+    _legend(ax)
+    if not total:
+        ax.text(0.5, 0.5, "all zero: nothing failed, was refused or dropped in any step",
+                transform=ax.transAxes, ha="center", fontsize=10, color="0.3")  # fmt: skip
     _save(fig, path)
 
 

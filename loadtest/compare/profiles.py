@@ -77,7 +77,7 @@ def profile(name: str) -> Profile:
         return Profile("smoke", start=20, step=20, maximum=40, step_time=6, window=4)
     if name == "quick":  # the default: a few minutes, up to several thousand users
         return Profile(
-            "quick", start=500, step=500, maximum=4000, step_time=15, window=10, probe_time=15
+            "quick", start=750, step=750, maximum=6000, step_time=15, window=10, probe_time=15
         )
     if name == "full":  # long steps, up to what the machine's fd limit allows
         top = connection_ceiling()

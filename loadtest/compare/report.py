@@ -180,6 +180,9 @@ def render_html(summary: dict, out: Path) -> str:
         "the largest valid step within the SLO; deliveries/s, p99 and CPU are read there. "
         "Memory and threads per connection: slope of the server's RSS / thread count over "
         "its connection count across all steps.</p>",
+        "<p class='small'>The machine may be shared: the CPU plot and the step tables show "
+        "the CPU used by other processes during each step (“other processes CPU”, in cores); "
+        "a limit reached while others used the server's core is worth a second run.</p>",
         "<h2>Rules</h2><ul>"
         f"<li>limit when p99 of <code>{_e(summary['latency_name'])}</code> &gt; "
         f"{limits['slo_ms']:g} ms in a step (more than 1 % of receptions slower)</li>"
@@ -283,6 +286,8 @@ def _steps_html(rows: list[dict]) -> str:
             _e(_n(r["deliveries_per_s"])),
             _e(_n(r["server_cpu_cores"], "{:.2f}")),
             _e(_n(r["locust_cpu_mean"], "{:.0f}")),
+            _e(_n(r.get("other_cpu_cores"), "{:.2f}")),
+            _e(_n(r.get("busiest_thread_share"), "{:.0%}")),
             _e(_n((r["rss_bytes"] or 0) / 2**20, "{:.0f}")),
             _e(_n(r["threads"])), _e(_n(r["open_fds"])),
             _e(f"{100 * r['failure_ratio']:.2f}"),
@@ -292,7 +297,8 @@ def _steps_html(rows: list[dict]) -> str:
         classes.append({"invalid": "invalid", "limit": "limit"}.get(r["outcome"], ""))
     return _table(
         ["users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms", "loop lag p99 ms",
-         "deliveries/s", "server CPU", "Locust CPU %", "RSS MiB", "threads", "fds",
+         "deliveries/s", "server CPU", "Locust CPU %", "other processes CPU",
+         "busiest server thread", "RSS MiB", "threads", "fds",
          "failures %", "disconnects", "outcome"],
         body, classes,
     )  # fmt: skip

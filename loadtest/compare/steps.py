@@ -22,11 +22,13 @@ Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the rep
 
 from __future__ import annotations
 
+import os
 from itertools import pairwise
 
 from loadtest.compare import prom
 from loadtest.compare.profiles import Limits
 
+CPUS = os.cpu_count() or 1
 IGNORED_FAILURES = ("cpu_saturated",)  # the saturation guard's marker, not a request
 
 
@@ -147,10 +149,21 @@ def summarize(
             (s["locust_cpu"] for s in inside if s.get("locust_cpu") is not None), default=None
         ),
         "machine_cpu_mean": _mean([s.get("machine_cpu") for s in inside]),
+        "cpus": CPUS,
         "server_up": all(s.get("server") is not None for s in samples if start <= s["t"] <= end),
     }
+    row["other_cpu_cores"] = other_cpu(row)
     row["outcome"], row["reason"] = judge(row, limits)
     return row
+
+
+def other_cpu(row: dict) -> float | None:
+    """Cores used by everything but this server and its Locust (other work on a shared machine)."""
+    machine, server = row["machine_cpu_mean"], row["server_cpu_cores"]
+    locust = row["locust_cpu_mean"]
+    if machine is None or server is None or locust is None:
+        return None
+    return max(0.0, machine / 100 * row["cpus"] - server - locust / 100)
 
 
 def judge(row: dict, limits: Limits) -> tuple[str, str]:
