@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from async_server.broker import RedisBroker
 from async_server.metrics_http import serve_metrics
 from common import ChatCore, metrics
+from common.capacity import socket_limit
 from common.chat import DisconnectReason, DropReason, Outcome
 from common.config import ServerConfig
 from common.http import HttpReply, route, unavailable
@@ -52,6 +53,7 @@ class ChatServer:
         self._shutting_down = False
         self._stop: asyncio.Future[None] | None = None
         self._closing: set[asyncio.Future] = set()  # close handshakes we started
+        self._socket_limit = socket_limit()
 
     # Lifecycle
 
@@ -127,9 +129,13 @@ class ChatServer:
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Serve / and /healthz; refuse the handshake at capacity (503)."""
         reply = route(request.path, self.implementation, self.core.connections)
-        if reply is None and self.core.connections >= self.config.max_connections:
-            metrics.rejected("capacity")
-            reply = unavailable()
+        if reply is None:
+            if len(connection.server.all_connections) >= self._socket_limit:
+                metrics.rejected("overload")  # handshakes in flight near the fd limit
+                reply = unavailable()
+            elif self.core.connections >= self.config.max_connections:
+                metrics.rejected("capacity")
+                reply = unavailable()
         return None if reply is None else _response(reply)
 
     # Connections

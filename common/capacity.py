@@ -43,8 +43,17 @@ def thread_limit() -> int:
 
 
 def default_max_connections(*, threads: bool) -> int:
-    """The default ``--max-connections`` for a server of this model."""
+    """The most connections a server of this model can hold: the default ``--max-connections``.
+
+    A larger ``--max-connections`` is lowered to this, so that the server
+    refuses with 503 before the kernel refuses it a file descriptor.
+    """
     capacity = fd_limit() - FD_RESERVE
     if threads:
         capacity = min(capacity, thread_limit() - THREAD_RESERVE)
     return max(1, capacity)
+
+
+def socket_limit() -> int:
+    """Sockets (handshakes in progress included) past which new ones are refused outright."""
+    return max(1, fd_limit() - FD_RESERVE // 2)

@@ -76,8 +76,10 @@ def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.
         "--max-connections",
         type=int,
         default=0,
-        help="refuse connections past this many (503); 0 derives it from the fd limit"
-        + (" and the threads the machine can create" if implementation == "threaded" else ""),
+        help="refuse connections past this many (503); 0, or more than the process can "
+        "hold, means what the fd limit"
+        + (" and the threads the machine can create" if implementation == "threaded" else "")
+        + " allow",
     )
     limits.add_argument("--max-frame-bytes", type=int, default=64 * KIB)
     limits.add_argument("--max-text-chars", type=int, default=4096)
@@ -177,9 +179,9 @@ def parse_config(
             "--workers > 1 needs a shared broker: rooms in memory would differ per worker; "
             "add --broker redis://127.0.0.1:6379/0"
         )
-    max_connections = args.max_connections or default_max_connections(
-        threads=implementation == "threaded"
-    )
+    # More than the process can hold would end in accept() failing instead of a 503.
+    capacity = default_max_connections(threads=implementation == "threaded")
+    max_connections = min(args.max_connections or capacity, capacity)
     return ServerConfig(
         host=args.host,
         port=args.port,

@@ -348,13 +348,8 @@ UPGRADE = (
 )
 
 
-def test_frames_pipelined_with_handshake(server, request):
+def test_frames_pipelined_with_handshake(server):
     """Frames sent in the same segment as the upgrade request are handled, not dropped."""
-    if server.kind == "threaded":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "threaded _handshake() keeps events[0] (the Request) and drops the frames the "
-            "library parsed after it: the pipelined hello is lost (/tmp/hardening-bugs.md #2)"
-        )))  # fmt: skip
     room = new_room()
     with Bystander(server.url, room) as bystander, socket.create_connection(
         (server.host, server.port), timeout=TIMEOUT

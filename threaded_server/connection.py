@@ -74,6 +74,7 @@ class Connection:
         self.draining = False  # the drainer owns the outbox until it is empty
         self.close_reason: DisconnectReason | None = None
         # Owned by the connection's thread:
+        self._early_frames: list[Frame] = []
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
         self._ping_sent_at: float | None = None
@@ -109,7 +110,7 @@ class Connection:
                 return False
             if self._eof:
                 return False
-        request = events[0]
+        request, *self._early_frames = events  # frames a client sent with its request
         assert isinstance(request, Request)
         reply = route(request.path, self.server.implementation, self.server.core.connections)
         if reply is None and self.server.at_capacity():
@@ -133,6 +134,9 @@ class Connection:
     def _serve(self) -> None:
         """The read loop: bytes in, frames to the chat core, until the connection ends."""
         closing_deadline: float | None = None
+        for frame in self._early_frames:
+            self._handle_frame(frame)
+        self._early_frames = []
         while not self._eof and not self.protocol.eof_sent:
             if self.protocol.close_expected():
                 # We sent a close frame: give the peer close_timeout to answer.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import signal
 import socket
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from common import ChatCore, metrics
+from common.capacity import socket_limit
 from common.chat import DisconnectReason, Outcome, Session
 from common.config import ServerConfig
 from threaded_server.broker import RedisBroker
@@ -73,6 +75,10 @@ class ChatServer:
         self._shutting_down = False
         self._listener: socket.socket | None = None
         self._metrics_server = None
+        self._socket_limit = min(config.max_connections + HANDSHAKE_SLACK, socket_limit())
+        # One fd kept in reserve, given up at EMFILE to accept and refuse a client.
+        self._spare_fd: int | None = None
+        self._last_accept_warning = 0.0
 
     # Lifecycle
 
@@ -93,6 +99,7 @@ class ChatServer:
         self._listener = socket.create_server(
             (cfg.host, cfg.port), backlog=1024, reuse_port=False
         )
+        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
         self.drainer.start()
         if self.broker is not None:
             self.broker.start()
@@ -135,13 +142,37 @@ class ChatServer:
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of fds: the connection waits in the backlog; keep serving.
-                    metrics.rejected("overload")
-                    logger.warning("accept failed: %s; retrying", exc.strerror)
-                    self._stopping.wait(ACCEPT_RETRY_DELAY)
+                    self._refuse_without_fds(exc)
                     continue
                 raise
             self._start_connection(sock, address)
+
+    def _refuse_without_fds(self, exc: OSError) -> None:
+        """Out of fds: free the spare one to accept the client and refuse it with 503.
+
+        Without this the client would wait in the listen backlog until its own
+        timeout, and accept() would fail again at every turn of the loop.
+        """
+        now = time.monotonic()
+        if now - self._last_accept_warning > 10:
+            self._last_accept_warning = now
+            logger.warning("accept failed: %s; refusing new connections", exc.strerror)
+        if self._spare_fd is None:
+            self._stopping.wait(ACCEPT_RETRY_DELAY)
+            return
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            self._stopping.wait(ACCEPT_RETRY_DELAY)
+        else:
+            self._refuse(sock, "overload")
+        finally:
+            try:
+                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                pass
 
     def shutdown(self) -> None:
         """Close every client with 1001 and wait for them, at most shutdown_timeout. Idempotent."""
@@ -168,6 +199,9 @@ class ChatServer:
         if self.broker is not None:
             self.broker.stop()
         self.drainer.stop()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self._wake_r.close()
@@ -177,9 +211,9 @@ class ChatServer:
 
     def _start_connection(self, sock: socket.socket, address: tuple) -> None:
         with self._connections_lock:
-            crowded = len(self._connections) >= self.config.max_connections + HANDSHAKE_SLACK
+            crowded = len(self._connections) >= self._socket_limit
         if crowded:
-            self._refuse(sock, "capacity")
+            self._refuse(sock, "overload")
             return
         connection = Connection(self, sock, address)
         thread = threading.Thread(
