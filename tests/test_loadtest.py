@@ -128,6 +128,33 @@ def test_chat_scenario_against_server(kind, tmp_path):
     assert "seq gap" not in output
 
 
+def test_chat_scenario_with_two_processes(tmp_path):
+    """With --processes 2 the master's CSV aggregates both workers, with no failure."""
+    with running_server("async") as server:
+        result, prefix = run_locust(
+            server.url,
+            tmp_path,
+            "--processes",
+            "2",
+            "-u",
+            "20",
+            "-r",
+            "20",
+            "-t",
+            "6",
+            "--say-every",
+            "1",
+            "--exporter-port",
+            "0",
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    rows = {row["Name"]: row for row in read_csv(prefix.with_name("run_stats.csv"))}
+    assert int(rows["connect"]["Request Count"]) == 20
+    assert int(rows["fanout"]["Request Count"]) > 0
+    assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
+
+
 def test_step_shape_guard_and_exporter(tmp_path):
     """The step shape runs its steps and ends the test; the exporter serves every metric;
     a CPU threshold below the actual use is recorded as cpu_saturated failures."""
