@@ -146,6 +146,7 @@ def render(out: Path) -> int:
         command=old["command"],
         locust_args=old["locust_args"],
         server_args=old["server_args"],
+        lines=old.get("source_lines"),
     )  # fmt: skip
     print(report.headline_markdown(summary["headline"]))
     return 0

@@ -32,7 +32,7 @@ PLOTS = {
     "memory.png": "Resident memory vs connections, and KiB per connection",
     "threads.png": "OS threads vs connections",
     "cpu.png": "Server CPU vs users (and the load generator's)",
-    "errors.png": "Failures, refusals and server-side disconnects vs users",
+    "errors.png": "Failures, refusals, server-side disconnects and dropped messages vs users",
 }
 
 
@@ -188,14 +188,19 @@ def errors(runs: list[dict], path: Path) -> None:
         _plot(ax, run, "users_target", disconnects, label_suffix=" server-side disconnects",
               linestyle="--", alpha=0.7)  # fmt: skip
         _plot(ax, run, "users_target", refused, label_suffix=" refused", linestyle=":", alpha=0.7)
-        total += sum(r["failures"] + disconnects(r) + refused(r) for r in run["steps"])
+        dropped = lambda r: sum(r["dropped"].values())  # noqa: E731
+        _plot(ax, run, "users_target", dropped, label_suffix=" messages dropped",
+              linestyle="-.", alpha=0.7)  # fmt: skip
+        total += sum(
+            r["failures"] + disconnects(r) + refused(r) + dropped(r) for r in run["steps"]
+        )
     if total:
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=0)
     else:
         ax.set_ylim(-0.5, 10)
-    _finish(ax, "Per step: Locust failures, connections refused, disconnects not asked by the "
-            "client", "users", "count per step")  # fmt: skip
+    _finish(ax, "Per step: Locust failures, refusals, disconnects the client did not ask "
+            "for, drops", "users", "count per step")  # fmt: skip
     _legend(ax)
     if not total:
         ax.text(0.5, 0.5, "all zero: nothing failed, was refused or dropped in any step",

@@ -93,12 +93,14 @@ def write(
     command: list[str],
     locust_args: list[str],
     server_args: list[str],
+    lines: dict | None = None,
 ) -> dict:
     """Compute the derived figures and claims, draw the plots, write summary.json and HTML."""
     derived = {kind: figures.derive(run) for kind, run in runs.items()}
     rows = headline(runs, derived)
+    lines = lines or source_lines(root)
     table = (
-        claims.evaluate(runs, derived, probes, source_lines(root))
+        claims.evaluate(runs, derived, probes, lines)
         if set(KINDS) <= set(runs)
         else []
     )
@@ -123,6 +125,7 @@ def write(
             for kind in runs
         },
         "claims": table,
+        "source_lines": lines,
         "plots": plot_titles,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
