@@ -84,6 +84,21 @@ class ReplyTimeout(ChatLoadError):
     """A reply (welcome, joined) did not come in time."""
 
 
+class ConnectFailed(ChatLoadError):
+    """The TCP connection or the WebSocket handshake failed."""
+
+
+def connect_error(exc: Exception) -> Exception:
+    """A failure with a short, stable message (no headers, dates or addresses)."""
+    if isinstance(exc, ChatLoadError):
+        return exc
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        return ConnectFailed(f"handshake refused: HTTP {exc.status_code}")
+    if isinstance(exc, websocket.WebSocketTimeoutException | TimeoutError):
+        return ReplyTimeout("connect timed out")
+    return ConnectFailed(f"connect failed: {type(exc).__name__}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Scenario settings, read once per user from Locust's parsed options."""
@@ -233,7 +248,12 @@ class ChatProtocolUser(User):
         """Connect and join ``self.room`` unless already connected; True when ready."""
         if self.conn is not None:
             return True
-        return self.connect() and self.join(self.room)
+        if not self.connect():
+            return False
+        if self.join(self.room):
+            return True
+        self.disconnect()  # never stay connected outside the room: retry at the next task
+        return False
 
     def connect(self) -> bool:
         """Open the WebSocket, send hello, wait for welcome; start the receive greenlet."""
@@ -255,7 +275,7 @@ class ChatProtocolUser(User):
         except Exception as exc:
             if ws is not None:
                 ws.shutdown()
-            self._fail("connect", exc, (time.perf_counter() - start) * 1000.0)
+            self._fail("connect", connect_error(exc), (time.perf_counter() - start) * 1000.0)
             return False
         elapsed = (time.perf_counter() - start) * 1000.0
         conn = _Connection(ws)

@@ -128,6 +128,20 @@ def test_chat_scenario_against_server(kind, tmp_path):
     assert "seq gap" not in output
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_server_at_capacity_shows_as_connect_failures(kind, tmp_path):
+    """Users refused by a full server are 'connect' failures with one stable message."""
+    with running_server(kind, "--max-connections", "5") as server:
+        result, prefix = run_locust(
+            server.url, tmp_path, "-u", "10", "-r", "10", "-t", "4", "--exporter-port", "0"
+        )
+    assert result.returncode == 1, "failures must fail the run"
+    failures = read_csv(prefix.with_name("run_failures.csv"))
+    assert [(row["Name"], row["Error"]) for row in failures] == [
+        ("connect", "ConnectFailed('handshake refused: HTTP 503')")
+    ]
+
+
 def test_chat_scenario_with_two_processes(tmp_path):
     """With --processes 2 the master's CSV aggregates both workers, with no failure."""
     with running_server("async") as server:
@@ -283,6 +297,17 @@ def test_receiver_measures_ack_fanout_and_errors(locust_modules, local_env):
     assert stats.get("error", "WS").num_failures == 1
     assert stats.get("protocol", "WS").num_failures == 1
     assert stats.get("seq", "WS").num_requests == 0
+
+
+def test_refused_connection_is_a_connect_failure(locust_modules, local_env):
+    """Nothing listening: connect() returns False and records one 'connect' failure."""
+    user = locust_modules.users.ChatUser(local_env)
+    user.host = f"ws://127.0.0.1:{free_port()}/ws"
+    assert user.connect() is False
+    assert user.conn is None
+    assert local_env.stats.get("connect", "WS").num_failures == 1
+    [error] = local_env.stats.errors.values()
+    assert "ConnectionRefusedError" in str(error.error)
 
 
 def test_websocket_url_normalizes_host(locust_modules):
