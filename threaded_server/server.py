@@ -145,6 +145,8 @@ class ChatServer:
                     self._refuse_without_fds(exc)
                     continue
                 raise
+            # Small frames must not wait for Nagle (asyncio sets this by default too).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._start_connection(sock, address)
 
     def _refuse_without_fds(self, exc: OSError) -> None:
