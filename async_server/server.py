@@ -166,6 +166,10 @@ class ChatServer:
                 reason = DisconnectReason.TIMEOUT
             elif exc.rcvd is None or exc.rcvd.code not in (1000, 1001):
                 reason = DisconnectReason.ERROR
+        except Exception:
+            # A bug, not the client's doing: websockets closes with 1011.
+            logger.exception("connection %s failed", session.id)
+            reason = DisconnectReason.ERROR
         finally:
             if self._shutting_down:
                 reason = DisconnectReason.SHUTDOWN

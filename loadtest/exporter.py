@@ -3,7 +3,7 @@
 An event-hook plugin, no extra service: :func:`install` hooks Locust's events.
 
 Exporter. Only the master (or a standalone Locust) serves ``/metrics``, on
-``--exporter-port`` (default 9103; 0 disables), from the default registry so
+``--exporter-port`` (default 9190; 0 disables), from the default registry so
 ``process_*`` metrics of that process come along. Workers never open a port
 (no collisions with ``--processes N``): the master's stats already aggregate the
 workers' requests, and each worker sends its CPU samples to the master with its
@@ -241,7 +241,7 @@ def install(environment, runner, registry=REGISTRY) -> SaturationGuard:
         return guard
     if isinstance(runner, MasterRunner):
         events.worker_report.add_listener(guard.on_worker_report)
-    port = getattr(options, "exporter_port", 9103)
+    port = getattr(options, "exporter_port", 9190)
     if port:
         host = getattr(options, "exporter_host", "127.0.0.1")
         registry.register(LocustCollector(environment, guard))

@@ -119,10 +119,10 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--exporter-port",
         type=int,
-        default=9103,
+        default=9190,
         include_in_web_ui=False,
         help="Port of the Prometheus exporter of the load generator (master or standalone "
-        "process only); 0 disables. Default 9103.",
+        "process only); 0 disables. Default 9190.",
     )
     group.add_argument(
         "--exporter-host",

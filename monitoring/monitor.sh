@@ -31,7 +31,7 @@ if [ "$mode" != compose ] && command -v prometheus >/dev/null 2>&1; then
     cat <<MSG
 make monitor: starting a LOCAL Prometheus ($(command -v prometheus)) in the foreground.
   config:   monitoring/prometheus.yml (targets in monitoring/targets/*.json:
-            threaded 127.0.0.1:9101, async 127.0.0.1:9102, locust 127.0.0.1:9103)
+            threaded 127.0.0.1:9101, async 127.0.0.1:9102, locust 127.0.0.1:9190)
   storage:  $data
   look at:  http://127.0.0.1:$port/targets   (is every target UP?)
             http://127.0.0.1:$port/graph     (try: sum by (job) (chat_connections))
@@ -53,7 +53,7 @@ if [ "$mode" != local ] && compose_works; then
 make monitor: starting the COMPOSE stack (monitoring/docker-compose.yml) in the foreground.
   Grafana:    http://127.0.0.1:3000  (dashboard "twinchat: threaded vs async under load")
   Prometheus: http://127.0.0.1:9090/targets
-  targets:    host.docker.internal:9101/9102/9103 (monitoring/compose/targets/*.json);
+  targets:    host.docker.internal:9101/9102/9190 (monitoring/compose/targets/*.json);
               on Linux start the servers and Locust with --host 0.0.0.0 so the
               containers can reach them.
   stop:       Ctrl-C, then: docker compose -f monitoring/docker-compose.yml down

@@ -38,7 +38,7 @@ PROVISIONING = MONITORING / "grafana" / "provisioning"
 
 SERVER_JOBS = {"twinchat-threaded": "threaded", "twinchat-async": "async"}
 LOCUST_JOB = "locust"
-DEFAULT_PORTS = {"twinchat-threaded": 9101, "twinchat-async": 9102, LOCUST_JOB: 9103}
+DEFAULT_PORTS = {"twinchat-threaded": 9101, "twinchat-async": 9102, LOCUST_JOB: 9190}
 # Metrics only one of the servers has: the dashboard shows them for that one only.
 ONLY_FOR = {"chat_event_loop_lag_seconds": "twinchat-async"}
 GRAFANA_BUILTINS = {"__interval", "__rate_interval", "__range", "__all", "__name"}
@@ -166,7 +166,7 @@ def sd_targets(config: dict, base: Path) -> dict[str, list[str]]:
 
 
 def test_prometheus_scrapes_both_servers_and_locust_locally_and_in_compose():
-    """Local targets are 127.0.0.1:9101/9102/9103 and compose's the same ports on the host."""
+    """Local targets are 127.0.0.1:9101/9102/9190 and compose's the same ports on the host."""
     config = load_yaml(PROMETHEUS_YML)
     assert config["global"]["scrape_interval"] == "2s"
     local = sd_targets(config, MONITORING)
