@@ -163,3 +163,27 @@ def _metrics(host: str, port: int) -> str:
 
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
         return resp.read().decode()
+
+
+def test_locust_two_processes_against_two_workers(redis_server, server_factory, tmp_path):
+    """Locust --processes 2 against a 2-worker server: no failure, no seq gap, all measured."""
+    from test_loadtest import read_csv, run_locust
+
+    srv = server_factory("async", "--broker", redis_server.url, "--workers", "2")
+    result, prefix = run_locust(
+        srv.url, tmp_path, "--processes", "2", "--scenario", "chat",
+        "-u", "30", "-r", "30", "-t", "8", "--room-size", "10", "--say-every", "1",
+        "--exporter-port", "0",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    rows = {row["Name"]: row for row in read_csv(prefix.with_name("run_stats.csv"))}
+    for name in ("connect", "ack", "fanout"):
+        assert int(rows[name]["Request Count"]) > 0, name
+    assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
+    assert read_csv(prefix.with_name("run_failures.csv")) == []
+    opened = [
+        metric_value(_metrics(srv.host, srv.metrics_port + i), "chat_connections_opened_total")
+        for i in range(2)
+    ]
+    assert sum(opened) >= 30 and min(opened) > 0, opened  # both workers took clients
