@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest.compare import machine, report, runner
+from loadtest.compare import machine, report, runner, steps
 from loadtest.compare.profiles import PROFILES, SCENARIOS, Limits, Profile, profile
 from loadtest.serverproc import PROJECT_ROOT
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(out: Path) -> int:
-    """Rebuild a report from its summary.json (after a change to the plots or claims)."""
+    """Rebuild a report from its summary.json and raw samples (after a change to the code)."""
     old = json.loads((out / "summary.json").read_text())
     p = old["profile"]
     limits = Limits(**p["limits"])
@@ -139,9 +139,10 @@ def render(out: Path) -> int:
         profile=prof,
         scenario=old["scenario"],
         latency_name=old["latency_name"],
-        runs={k: {x: y for x, y in v.items() if x not in ("derived", "probe")}
-              for k, v in servers.items()},
-        probes={k: v["probe"] for k, v in servers.items() if v.get("probe")},
+        runs={k: _resummarize(out, v, limits) for k, v in servers.items()},
+        probes={
+            k: _resummarize(out, v["probe"], limits) for k, v in servers.items() if v.get("probe")
+        },
         machine=old["machine"],
         command=old["command"],
         locust_args=old["locust_args"],
@@ -150,6 +151,28 @@ def render(out: Path) -> int:
     )  # fmt: skip
     print(report.headline_markdown(summary["headline"]))
     return 0
+
+
+def _resummarize(out: Path, run: dict, limits: Limits) -> dict:
+    """Recompute a run's step rows from its raw samples (same steps, current code)."""
+    run = {k: v for k, v in run.items() if k not in ("derived", "probe")}
+    path = out / f"{run['name']}-samples.jsonl"
+    if not path.exists():
+        return run
+    samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = ("thread_cpu_seconds", "busiest_thread_share", "locust_p50_ms", "locust_p99_ms")
+    rows = []
+    for old in run["steps"]:
+        row = steps.summarize(
+            old["index"], old["users_target"], old["start"], old["end"], run["window"],
+            samples, limits,
+        )  # fmt: skip
+        row.update({k: old[k] for k in kept if k in old})
+        if old["reason"] == "died":
+            row["outcome"], row["reason"] = "limit", "died"
+        rows.append(row)
+    finished = len(rows) == len(run["levels"])
+    return {**run, "steps": rows, "limit": steps.verdict(rows, limits, finished)}
 
 
 def _link_latest(reports: Path, out: Path) -> None:

@@ -141,7 +141,7 @@ def gil(probe: dict | None, run: dict) -> dict:
         return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, why)
     peak, mean, machine = r["server_cpu_cores_max"], r["server_cpu_cores"], r["machine_cpu_mean"]
     measured = (
-        f"{r['users_target']} users: server CPU mean {_f(mean)} cores, peak (1 s) {_f(peak)}; "
+        f"{r['users_target']} users: server CPU mean {_f(mean)} cores, peak (3 s) {_f(peak)}; "
         f"machine {_f(machine, '{:.0f}')}% busy"
     )
     if peak is not None and peak > ONE_CORE:

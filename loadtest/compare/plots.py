@@ -62,7 +62,7 @@ def _plot(ax, run: dict, x_key: str, y, *, label_suffix="", linestyle="-", alpha
             markerfacecolor="white" if outcome == "invalid" else style["color"],
             markersize=5 if linestyle == "-" else 4,
         )  # fmt: skip
-        if outcome == "limit":
+        if outcome == "limit" and linestyle == "-":  # the cross on the main series only
             ax.plot(x, v, marker="x", color="black", markersize=10, mew=2)
 
 
@@ -79,9 +79,12 @@ def _legend(ax, extra_note: str | None = None) -> None:
     handles, _labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(fontsize=8, loc="best")
-    if extra_note:
-        ax.text(0.01, 0.01, extra_note, transform=ax.transAxes, fontsize=7, color="0.35",
-                va="bottom")  # fmt: skip
+    _legend_note(ax, extra_note)
+
+
+def _legend_note(ax, note: str | None) -> None:
+    if note:
+        ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
 
 
 MARKER_NOTE = "filled: valid step · hollow: load generator saturated · x: limit"
@@ -172,9 +175,10 @@ def cpu(runs: list[dict], path: Path) -> None:
               linestyle="-.", alpha=0.35)  # fmt: skip
     ax.axhline(1.0, color="0.4", linewidth=1, linestyle="--", label="one core")
     ax.axhline(0.9, color="red", linewidth=0.8, linestyle=":", label="Locust saturation (90 %)")
-    ax.set_ylim(bottom=0, top=max(1.2, ax.get_ylim()[1]))
+    ax.set_ylim(bottom=0, top=max(1.6, ax.get_ylim()[1] * 1.35))
     _finish(ax, "CPU in cores (1.0 = one core busy all the time)", "users", "cores")
-    _legend(ax, MARKER_NOTE)
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
+    _legend_note(ax, MARKER_NOTE)
     _save(fig, path)
 
 

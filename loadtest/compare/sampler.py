@@ -2,7 +2,8 @@
 
 A sample is a plain dict (one JSON line in ``<server>-samples.jsonl``):
 
-- ``t``: wall-clock time of the sample;
+- ``t``: wall-clock time of the sample; ``server_t``: when the server's scrape
+  returned (server rates use it: a busy server answers its scrape late);
 - ``server``: the server's /metrics reduced to what the report uses (``None``
   when it did not answer): gauges, counters by reason, and the cumulative
   buckets of ``chat_fanout_seconds`` and ``chat_event_loop_lag_seconds``;
@@ -121,9 +122,11 @@ class Sampler:
     def sample(self) -> dict:
         t = time.time()
         server = server_view(prom.scrape(self.metrics_url))
+        server_t = time.time()  # a busy server answers late: its rates use this time
         locust = locust_view(prom.scrape(self.exporter_url), self.latency_name)
         return {
             "t": t,
+            "server_t": server_t,
             "server": server,
             "locust": locust,
             "locust_cpu": self.locust_cpu.percent() if self.locust_cpu else None,

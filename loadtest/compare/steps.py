@@ -23,12 +23,12 @@ Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the rep
 from __future__ import annotations
 
 import os
-from itertools import pairwise
 
 from loadtest.compare import prom
 from loadtest.compare.profiles import Limits
 
 CPUS = os.cpu_count() or 1
+PEAK_SPAN = 3.0  # seconds: the "peak" CPU of a step is its busiest 3 s
 IGNORED_FAILURES = ("cpu_saturated",)  # the saturation guard's marker, not a request
 
 
@@ -51,9 +51,23 @@ def _get(sample: dict | None, part: str, key: str):
 
 def _rate(a: dict | None, b: dict | None, key: str) -> float | None:
     x, y = _get(a, "server", key), _get(b, "server", key)
-    if x is None or y is None or b["t"] <= a["t"]:
+    if x is None or y is None:
         return None
-    return (y - x) / (b["t"] - a["t"])
+    ta, tb = a.get("server_t", a["t"]), b.get("server_t", b["t"])
+    return (y - x) / (tb - ta) if tb > ta else None
+
+
+def _peak_rate(samples: list[dict], key: str, span: float = PEAK_SPAN) -> float | None:
+    """Highest rate of ``key`` over any ``span`` seconds (1 s rates jitter with scrape delays)."""
+    best = None
+    for i, a in enumerate(samples):
+        b = next((s for s in samples[i + 1 :] if s["t"] - a["t"] >= span - 0.2), None)
+        if b is None:
+            break
+        rate = _rate(a, b, key)
+        if rate is not None and (best is None or rate > best):
+            best = rate
+    return best
 
 
 def _sum_delta(a: dict | None, b: dict | None, part: str, key: str, skip=()) -> float:
@@ -120,10 +134,7 @@ def summarize(
         "threads": _get(last, "server", "threads"),
         "rooms": _get(last, "server", "rooms"),
         "server_cpu_cores": _rate(w_first, last, "cpu_seconds"),
-        "server_cpu_cores_max": max(
-            (c for a, b in pairwise(inside) if (c := _rate(a, b, "cpu_seconds")) is not None),
-            default=None,
-        ),
+        "server_cpu_cores_max": _peak_rate(inside, "cpu_seconds"),
         "deliveries_per_s": _rate(w_first, last, "delivered"),
         "received_per_s": _rate(w_first, last, "received"),
         "fanout_receptions_per_s": per_s(
