@@ -1,0 +1,123 @@
+"""``python -m loadtest.bench``: run the benchmark suite and write its report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+from loadtest.bench import results
+from loadtest.bench.scenarios import SIZES, Pool, Runner
+from loadtest.bench.servers import SPEC_BY_NAME, SPECS, UNLIMITED
+from loadtest.serverproc import PROJECT_ROOT
+
+SCENARIOS = ("fanout", "capacity", "handshake")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    parser.add_argument("--size", choices=sorted(SIZES), default="smoke")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench")
+    parser.add_argument(
+        "--servers", default=",".join(s.name for s in SPECS),
+        help="comma-separated subset of: " + ", ".join(s.name for s in SPECS),
+    )  # fmt: skip
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--receivers", help="comma-separated fan-out sizes instead of the size's own"
+    )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="sample each server with py-spy during fan-out (logs/*.pyspy.txt); "
+        "the profiler's CPU disturbs the figures",
+    )  # fmt: skip
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    sizes = SIZES[args.size]
+    if args.receivers:
+        sizes = dataclasses.replace(
+            sizes, receivers=tuple(int(n) for n in args.receivers.split(","))
+        )
+    specs = [SPEC_BY_NAME[name] for name in args.servers.split(",")]
+    scenarios = args.scenarios.split(",")
+    pinned = (os.cpu_count() or 1) > max(args.server_cpu, args.client_cpu)
+    server_cpu = args.server_cpu if pinned else None
+    client_cpu = args.client_cpu if pinned else None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out / stamp
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})  # the coordinator mostly sleeps; keep it off CPU 0
+
+    result: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "size": args.size,
+        "machine": results.machine(),
+        "versions": results.versions(),
+        "pinning": (
+            f"server on CPU {server_cpu} (taskset -c {server_cpu}), load client "
+            f"({sizes.workers} uvloop processes) and coordinator on CPU {client_cpu}"
+            if pinned else "not pinned (fewer than 2 CPUs)"
+        ),
+        "throughput_args": list(UNLIMITED),
+        "config": {k: v for k, v in vars(sizes).items()},
+        "servers": {},
+        "notes": [],
+    }
+    started = time.monotonic()
+    pool = Pool(sizes.workers, client_cpu, sizes.reply_timeout)
+    runner = Runner(pool, sizes, logs, server_cpu, profile=args.profile)
+    try:
+        for spec in specs:
+            entry: dict = {"model": spec.model, "protocol": "twinchat v1" if spec.chat else "bare"}
+            result["servers"][spec.name] = entry
+            if "fanout" in scenarios:
+                entry["fanout"] = []
+                for receivers in sizes.receivers:
+                    row = runner.fanout(spec, receivers)
+                    entry["fanout"].append(row)
+                    _progress(
+                        spec.name, f"fanout {receivers}", row["deliveries_per_s"],
+                        f"deliv/s (server CPU {row['server_cpu_util']:.0%}, "
+                        f"client CPU {row['client_cpu_util']:.0%}, lost {row['lost_connections']})",
+                    )  # fmt: skip
+            if "handshake" in scenarios:
+                entry["handshake"] = runner.handshake(spec)
+                _progress(spec.name, "handshake", entry["handshake"]["handshakes_per_s"], "/s")
+            if "capacity" in scenarios:
+                entry["capacity"] = runner.capacity(spec)
+                cap = entry["capacity"]
+                _progress(spec.name, "capacity", cap["held"],
+                          f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn")
+    finally:
+        pool.close()
+    result["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    result["ratios"] = results.ratios(result["servers"])
+    result["targets"] = results.targets(result["servers"], sizes)
+    for server in result["servers"].values():
+        for row in server.get("fanout", []):
+            if row["client_saturated"]:
+                result["notes"].append(
+                    "the load client was saturated in at least one fan-out run: "
+                    "those deliveries/s are a lower bound"
+                )
+                break
+    result["notes"] = sorted(set(result["notes"]))
+    results.write(out_dir, result)
+    print((out_dir / "results.md").read_text())
+    print(f"written to {out_dir}")
+    return 0
+
+
+def _progress(server: str, what: str, value, unit: str) -> None:
+    print(f"[bench] {server:14} {what:14} {value} {unit}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

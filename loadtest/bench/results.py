@@ -1,0 +1,240 @@
+"""The issue's targets, computed from the figures, and the JSON + Markdown report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+BARE_OF = {
+    "threaded": "bare-threaded",
+    "async-uvloop": "bare-asyncio",
+    "async-asyncio": "bare-asyncio",
+}
+MIN_RATIO = 0.8
+ASYNC_KIB = 16.0
+THREADED_KIB = 64.0
+PER_CONNECTION = 1.05
+THREADED_HELD = 19_000
+
+
+def machine() -> dict:
+    """Where the run happened: CPU, memory, kernel, limits and load."""
+    cpu_model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    import resource
+
+    return {
+        "hostname": platform.node(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("websockets", "uvloop", "orjson", "prometheus-client"):
+        try:
+            out[package] = version(package)
+        except Exception:
+            out[package] = None
+    try:
+        out["twinchat_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        out["twinchat_commit"] = None
+    return out
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def _dps(servers: dict, name: str, receivers: int) -> float | None:
+    for row in servers.get(name, {}).get("fanout", []):
+        if row["receivers"] == receivers:
+            return row["deliveries_per_s"]
+    return None
+
+
+def ratios(servers: dict) -> list[dict]:
+    """Each server's deliveries/s as a ratio to the bare reference of its model."""
+    out = []
+    for name, bare in BARE_OF.items():
+        for row in servers.get(name, {}).get("fanout", []):
+            ref = _dps(servers, bare, row["receivers"])
+            if ref:
+                out.append({
+                    "server": name, "reference": bare, "receivers": row["receivers"],
+                    "ratio": round(row["deliveries_per_s"] / ref, 3),
+                })  # fmt: skip
+    return out
+
+
+def targets(servers: dict, sizes) -> list[dict]:
+    """One pass/miss line per target of the issue, from the numbers."""
+    lines: list[dict] = []
+
+    def add(target: str, value, limit: str, ok: bool | None, detail: str = "") -> None:
+        lines.append({
+            "target": target, "value": value, "limit": limit,
+            "status": "n/a" if ok is None else ("pass" if ok else "miss"), "detail": detail,
+        })  # fmt: skip
+
+    for ratio in ratios(servers):
+        if ratio["server"] == "async-asyncio":
+            continue  # reported, not a target: the issue's target is the default (uvloop) server
+        who = "async" if ratio["server"].startswith("async") else "threaded"
+        add(
+            f"{who}: deliveries/s >= {MIN_RATIO}x {ratio['reference']} "
+            f"({ratio['receivers']} receivers)",
+            ratio["ratio"], f">= {MIN_RATIO}", ratio["ratio"] >= MIN_RATIO,
+        )
+
+    cap = servers.get("async-uvloop", {}).get("capacity")
+    if cap:
+        kib = cap["at_max"].get("rss_kib_per_connection")
+        add("async: resident memory per idle connection (at max)", kib,
+            f"<= {ASYNC_KIB} KiB", kib is not None and kib <= ASYNC_KIB,
+            f"{cap['at_probe'].get('rss_kib_per_connection')} KiB at {cap['at_probe']['connections']}")  # noqa: E501
+        add(f"async: {cap['cap']} concurrent connections held", cap["held"], f">= {cap['cap']}",
+            cap["held"] >= cap["cap"] and cap["server_alive"],
+            "server alive" if cap["server_alive"] else "server died")
+
+    cap = servers.get("threaded", {}).get("capacity")
+    if cap:
+        for key, label in (("threads_per_connection", "threads"), ("fds_per_connection", "fds")):
+            values = [cap[p].get(key) for p in ("at_probe", "at_max")]
+            worst = max((v for v in values if v is not None), default=None)
+            add(f"threaded: {label} per connection (at {cap['at_probe']['connections']} "
+                f"and at {cap['at_max']['connections']})", worst, f"<= {PER_CONNECTION}",
+                worst is not None and worst <= PER_CONNECTION, f"{values[0]} / {values[1]}")
+        kib = cap["at_max"].get("rss_kib_per_connection")
+        add("threaded: resident memory per idle connection (at max)", kib,
+            f"<= {THREADED_KIB} KiB", kib is not None and kib <= THREADED_KIB,
+            f"{cap['at_probe'].get('rss_kib_per_connection')} KiB at {cap['at_probe']['connections']}")  # noqa: E501
+        wanted = min(THREADED_HELD, cap["cap"])
+        add("threaded: connections held without dying (fd limit)", cap["held"],
+            f">= {wanted} and alive", cap["held"] >= wanted and cap["server_alive"],
+            ("server alive" if cap["server_alive"] else "server died")
+            + (f"; stopped by refusal: {cap['refusals'][:1]}" if cap["stopped_by_refusal"] else ""))
+    return lines
+
+
+# Report
+
+
+def write(out_dir: Path, result: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown(result))
+    latest = out_dir.parent / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(out_dir.name)
+
+
+def markdown(result: dict) -> str:
+    m, v, servers = result["machine"], result["versions"], result["servers"]
+    ratio = {(r["server"], r["receivers"]): r["ratio"] for r in result["ratios"]}
+    out = [
+        f"# twinchat benchmark ({result['size']}), {result['date']}",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, {m['os']}, "
+        f"Linux {m['kernel']}, fd limit {m['fd_limit']}, load average at start "
+        f"{' '.join(m['loadavg_at_start'])}.",
+        f"Versions: Python {v['python']}, websockets {v['websockets']}, uvloop {v['uvloop']}, "
+        f"orjson {v['orjson']}; twinchat {v['twinchat_commit']}.",
+        f"Pinning: {result['pinning']}.",
+        f"Throughput runs start twinchat's servers with `{' '.join(result['throughput_args'])}` "
+        "(the default per-client limit of 20 msgs/s, burst 40, would measure the limiter).",
+        "",
+        "## Fan-out throughput",
+        "",
+        "| server | receivers | deliveries/s | x bare | server CPU s / 1M deliveries "
+        "| server CPU | client CPU | lost |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, data in servers.items():
+        for row in data.get("fanout", []):
+            x = ratio.get((name, row["receivers"]))
+            out.append(
+                f"| {name} | {row['receivers']} + {row['senders']} senders "
+                f"| {row['deliveries_per_s']:,.0f} | {'' if x is None else f'{x:.2f}'} "
+                f"| {row['server_cpu_s_per_1m_deliveries']} | {row['server_cpu_util']:.0%} "
+                f"| {row['client_cpu_util']:.0%}{' SATURATED' if row['client_saturated'] else ''} "
+                f"| {row['lost_connections']} |"
+            )
+    out += [
+        "",
+        "## Connection capacity (idle connections: hello + join, rooms of "
+        f"{result['config']['room_size']})",
+        "",
+        "| server | held / cap | alive | RSS KiB/conn | threads/conn | fds/conn "
+        "| RSS KiB/conn | threads/conn | fds/conn |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, data in servers.items():
+        cap = data.get("capacity")
+        if not cap:
+            continue
+        p, x = cap["at_probe"], cap["at_max"]
+        out.append(
+            f"| {name} | {cap['held']:,} / {cap['cap']:,}"
+            f"{' (refused)' if cap['stopped_by_refusal'] else ''} "
+            f"| {'yes' if cap['server_alive'] else 'NO'} "
+            f"| {p.get('rss_kib_per_connection')} | {p.get('threads_per_connection')} "
+            f"| {p.get('fds_per_connection')} | {x.get('rss_kib_per_connection')} "
+            f"| {x.get('threads_per_connection')} | {x.get('fds_per_connection')} |"
+        )
+    out += [
+        "",
+        f"First three figures at {result['config']['probe']:,} connections, last three at the "
+        "maximum held. RSS per connection is (RSS - RSS before any connection) / connections; "
+        "threads and fds per connection are the process totals / connections.",
+        "",
+        "## Handshake rate (connect + hello + close; references: connect + ping + close)",
+        "",
+        "| server | handshakes/s | server CPU ms / handshake | server CPU | client CPU "
+        "| failed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, data in servers.items():
+        hs = data.get("handshake")
+        if not hs:
+            continue
+        out.append(
+            f"| {name} | {hs['handshakes_per_s']:,.0f} | {hs['server_cpu_ms_per_handshake']} "
+            f"| {hs['server_cpu_util']:.0%} "
+            f"| {hs['client_cpu_util']:.0%}{' SATURATED' if hs['client_saturated'] else ''} "
+            f"| {hs['failed']} |"
+        )
+    out += ["", "## Targets (issue 8)", ""]
+    for line in result["targets"]:
+        detail = f" ({line['detail']})" if line["detail"] else ""
+        out.append(
+            f"- **{line['status'].upper()}** {line['target']}: {line['value']} "
+            f"(target {line['limit']}){detail}"
+        )
+    if result.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(out) + "\n"

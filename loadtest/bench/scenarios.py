@@ -1,0 +1,323 @@
+"""The three scenarios, run by the coordinator against each server in turn.
+
+The coordinator starts the server pinned to the server CPU, drives the
+worker processes (pinned to the client CPU) and reads the server's CPU time,
+memory, threads and fds from /proc, so the bare references (which have no
+/metrics) are measured exactly like twinchat's servers. Every server gets a
+fresh process for every scenario and size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtest.bench import worker as worker_module
+from loadtest.bench.servers import UNLIMITED, Spec, cpu_seconds, footprint, start
+
+HOST = "127.0.0.1"
+SATURATED = 0.9  # a CPU busier than this is the bottleneck
+
+
+@dataclass(frozen=True)
+class Sizes:
+    receivers: tuple[int, ...]
+    senders: int
+    window: int  # says in flight per sender
+    text_len: int
+    warmup: float
+    duration: float
+    async_cap: int
+    threaded_cap: int
+    bare_threaded_cap: int
+    probe: int  # the first capacity measurement ("at 1,000")
+    room_size: int  # idle connections join rooms of this many
+    handshake_seconds: float
+    handshake_concurrency: int
+    workers: int
+    reply_timeout: float  # bound on any one worker command
+
+
+SIZES = {
+    "smoke": Sizes(
+        receivers=(10,), senders=2, window=16, text_len=64, warmup=0.3, duration=1.0,
+        async_cap=40, threaded_cap=40, bare_threaded_cap=40, probe=20, room_size=10,
+        handshake_seconds=1.0, handshake_concurrency=4, workers=2, reply_timeout=60,
+    ),
+    "full": Sizes(
+        receivers=(100, 1000, 5000), senders=4, window=32, text_len=64, warmup=1.0,
+        duration=5.0, async_cap=10_000, threaded_cap=20_000, bare_threaded_cap=19_500,
+        probe=1000, room_size=10, handshake_seconds=4.0, handshake_concurrency=32, workers=4,
+        reply_timeout=180,
+    ),
+}  # fmt: skip
+
+
+def cap_for(spec: Spec, sizes: Sizes) -> int:
+    if spec.model == "asyncio":
+        return sizes.async_cap
+    return sizes.threaded_cap if spec.chat else sizes.bare_threaded_cap
+
+
+class Pool:
+    """The load-client worker processes, each pinned to ``cpu``."""
+
+    def __init__(self, count: int, cpu: int | None, reply_timeout: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.reply_timeout = reply_timeout
+        self.pipes = []
+        self.procs = []
+        for _ in range(count):
+            parent, child = context.Pipe()
+            proc = context.Process(target=worker_module.main, args=(child, cpu), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def __len__(self) -> int:
+        return len(self.pipes)
+
+    def send(self, index: int, name: str, **kwargs) -> None:
+        self.pipes[index].send((name, kwargs))
+
+    def recv(self, index: int) -> dict:
+        pipe = self.pipes[index]
+        if not pipe.poll(self.reply_timeout):
+            raise TimeoutError(f"worker {index} did not answer within {self.reply_timeout} s")
+        reply = pipe.recv()
+        if "error" in reply:
+            raise RuntimeError(f"worker {index}: {reply['error']}\n{reply.get('trace', '')}")
+        return reply
+
+    def all(self, name: str, per_worker: list[dict] | None = None, **kwargs) -> list[dict]:
+        """Send ``name`` to every worker (with its own kwargs when given); collect replies."""
+        for i in range(len(self)):
+            self.send(i, name, **{**kwargs, **(per_worker[i] if per_worker else {})})
+        return [self.recv(i) for i in range(len(self))]
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def close(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.is_alive():
+                try:
+                    self.send(i, "quit")
+                except OSError:
+                    pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+@dataclass
+class Runner:
+    pool: Pool
+    sizes: Sizes
+    logs: Path
+    server_cpu: int | None
+    profile: bool = False  # py-spy the server during each fan-out measurement
+    notes: list[str] = field(default_factory=list)
+
+    def _start(self, spec: Spec, scenario: str, extra: tuple[str, ...] = ()):
+        log = self.logs / f"{spec.name}-{scenario}.log"
+        return start(spec, extra, self.server_cpu, log)
+
+    # Fan-out
+
+    def fanout(self, spec: Spec, receivers: int) -> dict:
+        sizes, pool = self.sizes, self.pool
+        server = self._start(spec, f"fanout-{receivers}", UNLIMITED if spec.chat else ())
+        try:
+            per_receivers = _split(receivers, len(pool))
+            per_senders = _split(sizes.senders, len(pool))
+            setup = pool.all(
+                "fanout_setup",
+                [{"receivers": r, "senders": s, "worker": i}
+                 for i, (r, s) in enumerate(zip(per_receivers, per_senders, strict=True))],
+                host=HOST, port=server.port, chat=spec.chat, room="bench",
+                text_len=sizes.text_len, window=sizes.window,
+            )  # fmt: skip
+            connected = sum(r["connected"] for r in setup)
+            if connected < receivers + sizes.senders:
+                errors = [e for r in setup for e in r["errors"]]
+                raise RuntimeError(f"{spec.name}: only {connected} members connected: {errors}")
+            start_at = time.monotonic() + 0.3
+            measure_at = start_at + sizes.warmup
+            end_at = measure_at + sizes.duration
+            for i in range(len(pool)):
+                pool.send(i, "fanout_run", start=start_at, measure=measure_at, end=end_at)
+            _sleep_until(measure_at)
+            spy = self._py_spy(server.pid, f"{spec.name}-fanout-{receivers}")
+            cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+            _sleep_until(end_at)
+            cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+            if spy is not None:
+                _finish_py_spy(spy)
+            runs = [pool.recv(i) for i in range(len(pool))]
+            pool.all("close_all")
+            alive = server.alive()
+        finally:
+            server.stop()
+        seconds = t1 - t0
+        deliveries = sum(r["frames"] for r in runs)
+        server_cpu = cpu1 - cpu0
+        client_cpu = sum(r["cpu_seconds"] for r in runs)
+        return {
+            "receivers": receivers,
+            "senders": sizes.senders,
+            "members": connected,
+            "window_per_sender": sizes.window,
+            "seconds": round(seconds, 3),
+            "deliveries": deliveries,
+            "deliveries_per_s": round(deliveries / seconds, 1),
+            "says_per_s": round(sum(r["acks"] for r in runs) / seconds, 1),
+            "server_cpu_seconds": round(server_cpu, 3),
+            "server_cpu_s_per_1m_deliveries": (
+                round(server_cpu / deliveries * 1e6, 2) if deliveries else None
+            ),
+            "server_cpu_util": round(server_cpu / seconds, 3),
+            "client_cpu_util": round(client_cpu / seconds, 3),
+            "client_saturated": client_cpu / seconds > SATURATED,
+            "lost_connections": sum(r["lost_connections"] for r in runs),
+            "server_alive": alive,
+        }
+
+    def _py_spy(self, pid: int, name: str) -> subprocess.Popen | None:
+        """Sample ``pid`` for the measurement window (collapsed stacks, for --profile)."""
+        if not self.profile:
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        return subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--duration", str(int(self.sizes.duration)),
+             "--rate", "50", "--nonblocking", "--format", "raw",
+             "--output", str(self.logs / f"{name}.pyspy.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    # Connection capacity
+
+    def capacity(self, spec: Spec) -> dict:
+        sizes, pool = self.sizes, self.pool
+        cap = cap_for(spec, sizes)
+        server = self._start(spec, "capacity")
+        try:
+            time.sleep(0.3)
+            base = footprint(server.pid)
+
+            def open_upto(total: int) -> list[dict]:
+                return pool.all(
+                    "open_idle",
+                    [{"upto": n, "first_index": i * 1_000_000}
+                     for i, n in enumerate(_split(total, len(pool)))],
+                    host=HOST, port=server.port, chat=spec.chat, room_size=sizes.room_size,
+                    concurrency=32, timeout=10.0,
+                )  # fmt: skip
+
+            def measure() -> dict:
+                time.sleep(1.0)  # let the server settle (threads started, buffers freed)
+                held = sum(r["held"] for r in pool.all("count_open"))
+                now = footprint(server.pid) if server.alive() else None
+                return _per_connection(base, now, held)
+
+            started = time.monotonic()
+            first = open_upto(min(sizes.probe, cap))
+            at_probe = measure()
+            replies = open_upto(cap)
+            open_seconds = time.monotonic() - started
+            at_max = measure()
+            refused = [msg for r in first + replies for msg in r["refused"]]
+            stopped = any(r["stopped"] for r in first + replies)
+            pool.all("close_all")
+            alive = server.alive()
+        finally:
+            server.stop()
+        return {
+            "cap": cap,
+            "held": at_max["connections"],
+            "stopped_by_refusal": stopped,
+            "refusals": refused[:3],
+            "server_alive": alive,
+            "open_seconds": round(open_seconds, 1),
+            "baseline": base,
+            "at_probe": at_probe,
+            "at_max": at_max,
+        }
+
+    # Handshake rate
+
+    def handshake(self, spec: Spec) -> dict:
+        sizes, pool = self.sizes, self.pool
+        server = self._start(spec, "handshake")
+        try:
+            cpu0 = cpu_seconds(server.pid)
+            replies = pool.all(
+                "handshakes",
+                [{"concurrency": c} for c in _split(sizes.handshake_concurrency, len(pool))],
+                host=HOST, port=server.port, chat=spec.chat,
+                duration=sizes.handshake_seconds, timeout=10.0,
+            )  # fmt: skip
+            cpu1 = cpu_seconds(server.pid)
+            alive = server.alive()
+        finally:
+            server.stop()
+        seconds = max(r["seconds"] for r in replies)
+        completed = sum(r["completed"] for r in replies)
+        client_cpu = sum(r["cpu_seconds"] for r in replies)
+        return {
+            "concurrency": sizes.handshake_concurrency,
+            "seconds": round(seconds, 3),
+            "completed": completed,
+            "failed": sum(r["failed"] for r in replies),
+            "failures": [f for r in replies for f in r["failures"]][:3],
+            "handshakes_per_s": round(completed / seconds, 1),
+            "server_cpu_util": round((cpu1 - cpu0) / seconds, 3),
+            "server_cpu_ms_per_handshake": (
+                round((cpu1 - cpu0) / completed * 1000, 3) if completed else None
+            ),
+            "client_cpu_util": round(client_cpu / seconds, 3),
+            "client_saturated": client_cpu / seconds > SATURATED,
+            "server_alive": alive,
+        }
+
+
+def _per_connection(base: dict, now: dict | None, held: int) -> dict:
+    if now is None:
+        return {"connections": held, "server_dead": True}
+    out = {"connections": held, **now}
+    if held:
+        out["rss_kib_per_connection"] = round((now["rss_kib"] - base["rss_kib"]) / held, 2)
+        out["threads_per_connection"] = round(now["threads"] / held, 4)
+        out["fds_per_connection"] = round(now["fds"] / held, 4)
+    return out
+
+
+def _finish_py_spy(spy: subprocess.Popen) -> None:
+    """py-spy falls behind on a process with thousands of threads: stop it, keep what it has."""
+    try:
+        spy.wait(10)
+    except subprocess.TimeoutExpired:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
+def _sleep_until(instant: float) -> None:
+    delay = instant - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)

@@ -1,0 +1,121 @@
+"""The five servers under test, started pinned to the server CPU, and what /proc says of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.serverproc import PROJECT_ROOT, ServerProcess, free_port, start_server
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A server under test. ``chat``: speaks twinchat's protocol (else a bare reference)."""
+
+    name: str
+    model: str  # "threads" or "asyncio"
+    chat: bool
+    kind: str  # serverproc kind, or the refs model
+    args: tuple[str, ...] = ()
+
+
+SPECS = (
+    Spec("threaded", "threads", True, "threaded"),
+    Spec("async-uvloop", "asyncio", True, "async", ("--loop", "uvloop")),
+    Spec("async-asyncio", "asyncio", True, "async", ("--loop", "asyncio")),
+    Spec("bare-threaded", "threads", False, "threaded"),
+    Spec("bare-asyncio", "asyncio", False, "asyncio"),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+# Throughput runs measure fan-out, not the per-client rate limit (20/s, burst 40).
+UNLIMITED = ("--rate", "100000", "--burst", "100000")
+
+
+class Running:
+    """A started server: ``port``, ``pid``, ``alive()``, ``stop()``."""
+
+    def __init__(self, spec: Spec, port: int, proc: subprocess.Popen, owner=None) -> None:
+        self.spec = spec
+        self.port = port
+        self.proc = proc
+        self._owner: ServerProcess | None = owner
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self._owner is not None:
+            return self._owner.stop(timeout=10.0)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -> Running:
+    """Start ``spec`` on free loopback ports, pinned to ``cpu``, and wait until it serves."""
+    if spec.chat:
+        server = start_server(spec.kind, *spec.args, *extra, cpu=cpu, log_path=log_path)
+        return Running(spec, server.port, server.proc, server)
+    port = free_port()
+    command = [sys.executable, "-m", "loadtest.bench.refs", spec.kind, "--port", str(port)]
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{spec.name} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return Running(spec, port, proc)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{spec.name} did not listen within 15 s")
+
+
+# /proc
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid``, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def footprint(pid: int) -> dict:
+    """Resident memory (KiB), OS threads and open fds of ``pid``."""
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        status[key] = value.split()
+    return {
+        "rss_kib": int(status["VmRSS"][0]),
+        "threads": int(status["Threads"][0]),
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    }
