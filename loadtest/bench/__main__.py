@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in vars(sizes).items()},
         "servers": {},
         "notes": [],
+        "errors": [],
     }
     started = time.monotonic()
     pool = Pool(sizes.workers, client_cpu, sizes.reply_timeout)
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             if "fanout" in scenarios:
                 entry["fanout"] = []
                 for receivers in sizes.receivers:
-                    row = runner.fanout(spec, receivers)
+                    row = _guarded(result, f"fanout {receivers}", runner.fanout, spec, receivers)
+                    if row is None:
+                        continue
                     entry["fanout"].append(row)
                     _progress(
                         spec.name, f"fanout {receivers}", row["deliveries_per_s"],
@@ -88,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                         f"client CPU {row['client_cpu_util']:.0%}, lost {row['lost_connections']})",
                     )  # fmt: skip
             if "handshake" in scenarios:
-                entry["handshake"] = runner.handshake(spec)
-                _progress(spec.name, "handshake", entry["handshake"]["handshakes_per_s"], "/s")
+                hs = _guarded(result, "handshake", runner.handshake, spec)
+                if hs is not None:
+                    entry["handshake"] = hs
+                    _progress(spec.name, "handshake", hs["handshakes_per_s"], "/s")
             if "capacity" in scenarios:
-                entry["capacity"] = runner.capacity(spec)
-                cap = entry["capacity"]
-                _progress(spec.name, "capacity", cap["held"],
-                          f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn")
+                cap = _guarded(result, "capacity", runner.capacity, spec)
+                if cap is not None:
+                    entry["capacity"] = cap
+                    _progress(spec.name, "capacity", cap["held"],
+                              f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn")
     finally:
         pool.close()
     result["elapsed_seconds"] = round(time.monotonic() - started, 1)
@@ -109,10 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 break
     result["notes"] = sorted(set(result["notes"]))
+    result["notes"] += [f"error: {e}" for e in result["errors"]]
     results.write(out_dir, result)
     print((out_dir / "results.md").read_text())
     print(f"written to {out_dir}")
-    return 0
+    return 1 if result["errors"] else 0
+
+
+def _guarded(result: dict, what: str, scenario, spec, *args):
+    """Run one scenario; on failure note it in the report and go on with the next."""
+    server = spec.name
+    try:
+        return scenario(spec, *args)
+    except Exception as exc:
+        result["errors"].append(f"{server} {what}: {type(exc).__name__}: {str(exc)[:300]}")
+        _progress(server, what, "FAILED", str(exc)[:200])
+        return None
 
 
 def _progress(server: str, what: str, value, unit: str) -> None:

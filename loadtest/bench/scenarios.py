@@ -196,13 +196,13 @@ class Runner:
         }
 
     def _py_spy(self, pid: int, name: str) -> subprocess.Popen | None:
-        """Sample ``pid`` for the measurement window (collapsed stacks, for --profile)."""
+        """Sample the GIL holder of ``pid`` over the measurement window (collapsed stacks)."""
         if not self.profile:
             return None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         return subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--duration", str(int(self.sizes.duration)),
-             "--rate", "50", "--nonblocking", "--format", "raw",
+             "--rate", "50", "--nonblocking", "--gil", "--format", "raw",
              "--output", str(self.logs / f"{name}.pyspy.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
