@@ -79,6 +79,27 @@ def test_smoke_prints_progress_lines(smoke_report):
     assert "step 1/2" in stdout
 
 
+@pytest.mark.timeout(300)
+def test_render_rebuilds_the_report_from_the_raw_samples(smoke_report):
+    """--render recomputes steps, limits and plots from a report's files, same verdicts."""
+    out, _ = smoke_report
+    before = json.loads((out / "summary.json").read_text())
+    (out / "latency.png").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.compare", "--render", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((out / "summary.json").read_text())
+    assert (out / "latency.png").exists()
+    for kind in KINDS:
+        assert after["servers"][kind]["limit"] == before["servers"][kind]["limit"]
+        assert len(after["servers"][kind]["steps"]) == len(before["servers"][kind]["steps"])
+
+
 def test_make_compare_runs_the_runner_with_profile_and_scenario():
     """`make compare PROFILE=smoke SCENARIO=idle` calls the runner with both (dry run)."""
     result = subprocess.run(
@@ -138,6 +159,22 @@ def test_two_invalid_steps_end_the_run_as_not_reached():
     assert not limit["reached"]
     assert limit["criterion"] == "not reached (load generator saturated)"
     assert limit["last_ok_users"] == 100
+
+
+def test_a_breach_followed_by_an_ok_step_is_transient_and_two_in_a_row_are_the_limit():
+    """One SLO breach then an ok step: transient; two breaches in a row: the first is the limit."""
+    breach = {"outcome": "limit", "reason": "p99 over SLO"}
+    rows = [
+        {"index": 0, "users_target": 100, **breach},
+        {"index": 1, "users_target": 200, "outcome": "ok", "reason": ""},
+        {"index": 2, "users_target": 300, **breach},
+    ]
+    assert not steps.should_stop(rows, Limits())
+    rows.append({"index": 3, "users_target": 400, **breach})
+    assert steps.should_stop(rows, Limits())
+    limit = steps.verdict(rows, Limits(), finished=False)
+    assert rows[0]["outcome"] == "transient"
+    assert (limit["users"], limit["last_ok_users"]) == (300, 200)
 
 
 def test_histogram_quantile_and_share_above_the_slo():

@@ -64,6 +64,8 @@ def _plot(ax, run: dict, x_key: str, y, *, label_suffix="", linestyle="-", alpha
         )  # fmt: skip
         if outcome == "limit" and linestyle == "-":  # the cross on the main series only
             ax.plot(x, v, marker="x", color="black", markersize=10, mew=2)
+        if outcome == "transient" and linestyle == "-":
+            ax.plot(x, v, marker="+", color="0.3", markersize=12, mew=1.5)
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
@@ -87,7 +89,10 @@ def _legend_note(ax, note: str | None) -> None:
         ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
 
 
-MARKER_NOTE = "filled: valid step · hollow: load generator saturated · x: limit"
+MARKER_NOTE = (
+    "filled: valid step · hollow: load generator saturated · x: limit · "
+    "+: breach not confirmed by the next step"
+)
 
 
 def latency(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:

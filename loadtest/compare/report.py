@@ -192,6 +192,9 @@ def render_html(summary: dict, out: Path) -> str:
         f"<li>limit when failures &gt; {limits['max_failure_ratio']:.0%} of requests, or the "
         f"server refuses connections (or &gt; {limits['max_connect_failure_ratio']:.0%} of "
         "connects fail), or the server dies</li>"
+        "<li>a latency or failure breach followed by an ok (bigger) step is <i>transient</i> "
+        "(a disturbance, not the limit); two in a row, or one on the last step, make the "
+        "limit</li>"
         f"<li>a step where Locust's CPU averaged &gt; {limits['locust_cpu_saturated']:g} % is "
         f"<i>invalid</i>, never the server's limit; {limits['invalid_steps_to_stop']} invalid "
         "steps in a row end the run (“load generator saturated”)</li></ul>",
@@ -297,7 +300,9 @@ def _steps_html(rows: list[dict]) -> str:
             _e(", ".join(f"{k} {v:.0f}" for k, v in r["disconnects"].items()) or "-"),
             _e(r["outcome"] + (f": {r['reason']}" if r["reason"] else "")),
         ])  # fmt: skip
-        classes.append({"invalid": "invalid", "limit": "limit"}.get(r["outcome"], ""))
+        classes.append(
+            {"invalid": "invalid", "limit": "limit", "transient": "invalid"}.get(r["outcome"], "")
+        )
     return _table(
         ["users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms", "loop lag p99 ms",
          "deliveries/s", "server CPU", "Locust CPU %", "other processes CPU",

@@ -189,7 +189,9 @@ def run_server(
                     rows[-1]["outcome"], rows[-1]["reason"] = "limit", "died"
                 break
             if steps.should_stop(rows, options.profile.limits):
-                stop_reason = rows[-1]["reason"] or "limit"
+                stop_reason = next(
+                    (r["reason"] for r in rows if r["outcome"] == "limit"), rows[-1]["reason"]
+                )
                 break
             if len(rows) == len(levels):
                 break

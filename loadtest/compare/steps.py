@@ -15,14 +15,21 @@ Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the rep
 5. p99 of the scenario latency above the SLO → limit ``slo``: computed from
    Locust's response-time histogram over the window as "more than 1 % of the
    receptions took longer than the SLO" (exact when the SLO is a bucket bound);
-6. otherwise ``ok``. After the last step: ``not reached (max step)``; after
-   ``invalid_steps_to_stop`` invalid steps in a row: ``not reached (load
-   generator saturated)``.
+6. otherwise ``ok``.
+
+A latency or failure breach must be confirmed: if the next (bigger) step is
+ok, the breach is relabelled ``transient`` and the run goes on; two breaches in
+a row, or a breach on the last step, make the limit (the first of them).
+``died`` and ``refused`` need no confirmation.
+
+After the last step: ``not reached (max step)``; after ``invalid_steps_to_stop``
+invalid steps in a row: ``not reached (load generator saturated)``.
 """
 
 from __future__ import annotations
 
 import os
+from itertools import pairwise
 
 from loadtest.compare import prom
 from loadtest.compare.profiles import Limits
@@ -203,11 +210,33 @@ def judge(row: dict, limits: Limits) -> tuple[str, str]:
     return "ok", ""
 
 
+HARD_REASONS = ("died", "refused")  # limits that need no confirmation
+
+
+def _hard(row: dict) -> bool:
+    return row["outcome"] == "limit" and row["reason"].startswith(HARD_REASONS)
+
+
+def confirm(rows: list[dict]) -> None:
+    """Relabel a latency or failure breach followed by an ok step as ``transient``.
+
+    The load only grows from step to step, so a server that was over the SLO at
+    N users and fine at N + step users was disturbed, not at its limit (on a
+    shared machine a neighbour's burst does that). A breach on the last step,
+    or followed by another breach or an invalid step, stands.
+    """
+    for row, following in pairwise(rows):
+        if row["outcome"] == "limit" and not _hard(row) and following["outcome"] == "ok":
+            row["outcome"] = "transient"
+            row["reason"] = f"{row['reason']}; not confirmed by the next step"
+
+
 def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
-    """The server's limit from its step rows (in order).
+    """The server's limit from its step rows (in order); relabels transient breaches.
 
     ``finished``: the step plan ran to its end (else it was cut short).
     """
+    confirm(rows)
     last_ok = None
     invalid_run = 0
     for row in rows:
@@ -224,7 +253,7 @@ def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
             invalid_run += 1
             if invalid_run >= limits.invalid_steps_to_stop:
                 break
-        else:
+        elif row["outcome"] == "ok":
             invalid_run = 0
             last_ok = row
     why = "max step" if finished and invalid_run < limits.invalid_steps_to_stop else None
@@ -245,8 +274,11 @@ def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
 
 
 def should_stop(rows: list[dict], limits: Limits) -> bool:
-    """True once the rows so far decide the run (a limit, or too many invalid steps)."""
-    if any(r["outcome"] == "limit" for r in rows):
+    """True once the rows so far decide the run: a hard limit (died, refused), two
+    breaches in a row (a confirmed limit), or too many invalid steps in a row."""
+    if any(_hard(r) for r in rows):
+        return True
+    if len(rows) >= 2 and all(r["outcome"] == "limit" for r in rows[-2:]):
         return True
     tail = rows[-limits.invalid_steps_to_stop :]
     return len(tail) == limits.invalid_steps_to_stop and all(
