@@ -61,6 +61,15 @@ def headline_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def claims_markdown(rows: list[dict]) -> str:
+    """The claims table as Markdown (claim, this run's figures, verdict)."""
+    lines = ["| article says | this run | verdict |", "|---|---|---|"]
+    for c in rows:
+        measured = c["measured"].replace("|", "/")
+        lines.append(f"| {c['side']} {c['kind']}: {c['claim']} | {measured} | {c['verdict']} |")
+    return "\n".join(lines)
+
+
 def _limit_cell(r: dict) -> str:
     return f"{r['limit_users']:,} users: {r['criterion']}"
 
@@ -130,6 +139,7 @@ def write(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "headline.md").write_text(headline_markdown(rows) + "\n")
+    (out / "claims.md").write_text(claims_markdown(table) + "\n")
     (out / "report.html").write_text(render_html(summary, out))
     return summary
 
