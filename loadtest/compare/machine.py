@@ -43,6 +43,19 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def uncommitted(root: Path) -> list[str] | None:
+    """Files of the servers and load tests that differ from the commit (what really ran)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "common", "threaded_server",
+             "async_server", "loadtest"],
+            cwd=root, capture_output=True, text=True, timeout=5, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+
+
 def describe(pinning: dict, root: Path) -> dict:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     versions = {}
@@ -69,6 +82,7 @@ def describe(pinning: dict, root: Path) -> dict:
         "threads_max": _int(_read("/proc/sys/kernel/threads-max")),
         "load_average_at_start": list(load) if load else None,
         "git_commit": git_commit(root),
+        "uncommitted_files": uncommitted(root),
     }
 
 
