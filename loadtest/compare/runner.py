@@ -122,6 +122,17 @@ def run_server(
     if pinning.locust_cpus is not None:
         command = ["taskset", "-c", pinning.locust_cpus, *command]
 
+    try:
+        return _drive(kind, name, options, server, command, exporter_port, levels, step_time,
+                      window, pinning)  # fmt: skip
+    finally:
+        server.stop()  # idempotent: already stopped on the normal path
+
+
+def _drive(kind, name, options, server, command, exporter_port, levels, step_time, window,
+           pinning) -> dict:  # fmt: skip
+    """Start Locust against the running ``server``, sample, judge, stop; return the run."""
+    out = options.out_dir
     sample_file = open(out / f"{name}-samples.jsonl", "w")  # noqa: SIM115
     sam = sampler.Sampler(
         server.metrics_url, f"http://127.0.0.1:{exporter_port}/metrics", options.latency_name
@@ -137,9 +148,14 @@ def run_server(
     baseline = take()
     thread_marks = [sampler.thread_times(server.pid)]
     locust_log = open(out / f"{name}-locust.log", "wb")  # noqa: SIM115
-    locust = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, stdout=locust_log, stderr=subprocess.STDOUT
-    )
+    try:
+        locust = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=locust_log, stderr=subprocess.STDOUT
+        )
+    except OSError:
+        locust_log.close()
+        sample_file.close()
+        raise
     sam.watch_locust(locust.pid)
     say(options, f"{name}: server pid {server.pid}, Locust pid {locust.pid}; {pinning.why}")
 
