@@ -139,6 +139,7 @@ class Runner:
 
     def fanout(self, spec: Spec, receivers: int) -> dict:
         sizes, pool = self.sizes, self.pool
+        pool.all("close_all")  # nothing left over from a scenario that failed
         server = self._start(spec, f"fanout-{receivers}", UNLIMITED if spec.chat else ())
         try:
             per_receivers = _split(receivers, len(pool))
@@ -212,6 +213,7 @@ class Runner:
     def capacity(self, spec: Spec) -> dict:
         sizes, pool = self.sizes, self.pool
         cap = cap_for(spec, sizes)
+        pool.all("close_all")
         server = self._start(spec, "capacity")
         try:
             time.sleep(0.3)
