@@ -177,6 +177,28 @@ def test_a_breach_followed_by_an_ok_step_is_transient_and_two_in_a_row_are_the_l
     assert (limit["users"], limit["last_ok_users"]) == (300, 200)
 
 
+def test_a_missed_locust_scrape_does_not_turn_a_step_into_the_whole_run():
+    """A sample where Locust's exporter did not answer is skipped, not read as zero."""
+
+    def sample(t, fanout_count, locust=True):
+        buckets = [(0.5, fanout_count), (float("inf"), fanout_count)]
+        return {
+            "t": float(t),
+            "server_t": float(t),
+            "server": {"cpu_seconds": t * 0.1, "delivered": fanout_count, "connections": 10},
+            "locust": {"users": 10, "requests": {"fanout": fanout_count}, "failures": {},
+                       "latency": buckets} if locust else None,
+            "locust_cpu": 10.0,
+            "machine_cpu": 10.0,
+        }  # fmt: skip
+
+    samples = [sample(t, 1000 + 100 * t, locust=(t != 5)) for t in range(0, 11)]
+    row = steps.summarize(0, 10, 0.0, 10.0, 5.0, samples, Limits())
+    assert row["latency_count"] == pytest.approx(600)  # t=4 (t=5 missed) to t=10, not 2,000
+    assert row["fanout_receptions_per_s"] == pytest.approx(100)
+    assert row["server_up"] and row["outcome"] == "ok"
+
+
 def test_histogram_quantile_and_share_above_the_slo():
     """p99 and the share above a bucket bound come out as Prometheus would compute them."""
     buckets = [(0.1, 90.0), (0.5, 98.0), (1.0, 100.0), (float("inf"), 100.0)]

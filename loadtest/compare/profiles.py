@@ -22,6 +22,7 @@ class Limits:
     max_connect_failure_ratio: float = 0.01  # failed / attempted connects: "refused"
     locust_cpu_saturated: float = 90.0  # % of one core, mean over the step window: invalid
     invalid_steps_to_stop: int = 2  # consecutive invalid steps: the load generator is the limit
+    server_silent_s: float = 5.0  # no /metrics answer for this long: the server counts as dead
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ excluded); failures, refusals and disconnects over the whole step.
 
 Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the report):
 
-1. the server process died or stopped answering → limit ``died``;
+1. the server process died, or answered no scrape of /metrics for 5 s → limit ``died``;
 2. the server refused connections (``chat_connections_rejected_total`` grew) or
    more than 1 % of connects failed → limit ``refused``;
 3. the load generator's CPU averaged above 90 % over the window → the step is
@@ -39,15 +39,20 @@ PEAK_SPAN = 3.0  # seconds: the "peak" CPU of a step is its busiest 3 s
 IGNORED_FAILURES = ("cpu_saturated",)  # the saturation guard's marker, not a request
 
 
-def at(samples: list[dict], t: float) -> dict | None:
-    """The last sample taken at or before ``t`` (else the first one)."""
+def at(samples: list[dict], t: float, part: str | None = None) -> dict | None:
+    """The last sample taken at or before ``t`` (else the first one).
+
+    With ``part`` ("server" or "locust"), only samples in which that scrape
+    answered count: a missed scrape must not turn a delta into a whole-run total.
+    """
+    usable = [s for s in samples if part is None or s.get(part) is not None]
     best = None
-    for sample in samples:
+    for sample in usable:
         if sample["t"] <= t:
             best = sample
         else:
             break
-    return best if best is not None else (samples[0] if samples else None)
+    return best if best is not None else (usable[0] if usable else None)
 
 
 def _get(sample: dict | None, part: str, key: str):
@@ -106,26 +111,29 @@ def summarize(
 ) -> dict:
     """One row for the step ``[start, end]`` from the run's samples."""
     w_start = max(start, end - window)
-    first, w_first, last = at(samples, start), at(samples, w_start), at(samples, end)
+    # Server figures from samples where the server answered, Locust's where Locust did.
+    first, w_first, last = (at(samples, t, "server") for t in (start, w_start, end))
+    l_first, lw_first, l_last = (at(samples, t, "locust") for t in (start, w_start, end))
     inside = [s for s in samples if w_start <= s["t"] <= end]
     seconds = (last["t"] - w_first["t"]) if (last and w_first) else 0.0
+    l_seconds = (l_last["t"] - lw_first["t"]) if (l_last and lw_first) else 0.0
 
     slo_s = limits.slo_ms / 1000.0
-    latency = prom.delta(_get(last, "locust", "latency"), _get(w_first, "locust", "latency"))
+    latency = prom.delta(_get(l_last, "locust", "latency"), _get(lw_first, "locust", "latency"))
     server_fanout = prom.delta(_get(last, "server", "fanout"), _get(w_first, "server", "fanout"))
     loop_lag = prom.delta(_get(last, "server", "loop_lag"), _get(w_first, "server", "loop_lag"))
 
-    requests = _sum_delta(first, last, "locust", "requests", IGNORED_FAILURES)
-    failures = _sum_delta(first, last, "locust", "failures", IGNORED_FAILURES)
-    connects = _by_reason(first, last, "locust", "requests").get("connect", 0.0)
-    connect_failures = _by_reason(first, last, "locust", "failures").get("connect", 0.0)
-    received_by_locust = _by_reason(w_first, last, "locust", "requests")
+    requests = _sum_delta(l_first, l_last, "locust", "requests", IGNORED_FAILURES)
+    failures = _sum_delta(l_first, l_last, "locust", "failures", IGNORED_FAILURES)
+    connects = _by_reason(l_first, l_last, "locust", "requests").get("connect", 0.0)
+    connect_failures = _by_reason(l_first, l_last, "locust", "failures").get("connect", 0.0)
+    received_by_locust = _by_reason(lw_first, l_last, "locust", "requests")
 
     def ms(value: float | None) -> float | None:
         return None if value is None else value * 1000.0
 
     def per_s(count: float) -> float | None:
-        return count / seconds if seconds > 0 else None
+        return count / l_seconds if l_seconds > 0 else None
 
     row = {
         "index": index,
@@ -133,7 +141,7 @@ def summarize(
         "start": start,
         "end": end,
         "window_s": round(seconds, 2),
-        "users": _get(last, "locust", "users"),
+        "users": _get(l_last, "locust", "users"),
         "connections": _get(last, "server", "connections"),
         "rss_bytes": _get(last, "server", "rss"),
         "vms_bytes": _get(last, "server", "vms"),
@@ -168,11 +176,29 @@ def summarize(
         ),
         "machine_cpu_mean": _mean([s.get("machine_cpu") for s in inside]),
         "cpus": CPUS,
-        "server_up": all(s.get("server") is not None for s in samples if start <= s["t"] <= end),
+        "server_missed_scrapes": sum(
+            1 for s in samples if start <= s["t"] <= end and s.get("server") is None
+        ),
+        "server_silent_s": silence(samples, start, end),
     }
+    row["server_up"] = row["server_silent_s"] < limits.server_silent_s
     row["other_cpu_cores"] = other_cpu(row)
     row["outcome"], row["reason"] = judge(row, limits)
     return row
+
+
+def silence(samples: list[dict], start: float, end: float) -> float:
+    """Longest time within ``[start, end]`` in which the server answered no scrape."""
+    longest, since = 0.0, start
+    for sample in samples:
+        if sample["t"] < start:
+            continue
+        if sample["t"] > end:
+            break
+        if sample.get("server") is not None:
+            since = sample["t"]
+        longest = max(longest, sample["t"] - since)
+    return longest
 
 
 def other_cpu(row: dict) -> float | None:
