@@ -25,11 +25,24 @@ MODULES = {"threaded": "threaded_server", "async": "async_server"}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on ``host`` a moment ago."""
+def free_port(host: str = "127.0.0.1", run: int = 1) -> int:
+    """Return a TCP port that was free on ``host`` a moment ago, with the ``run - 1`` after it."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port + run <= 65536 and all(_is_free(host, port + i) for i in range(1, run)):
+            return port
+    raise RuntimeError(f"no run of {run} free ports found")
+
+
+def _is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -123,7 +136,9 @@ def start_server(
     """
     if kind not in MODULES:
         raise ValueError(f"unknown server kind {kind!r}; expected one of {KINDS}")
-    port, metrics_port = free_port(host), free_port(host)
+    workers = int(extra_args[extra_args.index("--workers") + 1]) if "--workers" in extra_args else 1
+    # Worker i of a --workers server serves metrics on metrics_port + i.
+    port, metrics_port = free_port(host), free_port(host, run=workers)
     args = [
         sys.executable,
         "-m",

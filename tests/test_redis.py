@@ -9,7 +9,8 @@ import time
 
 import pytest
 from chatclient import ChatClient, metric_value
-from redisproc import REDIS_SERVER, RedisProcess
+
+from loadtest.redisproc import REDIS_SERVER, RedisProcess
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest.compare import machine, report, runner, steps
+from loadtest.compare import machine, report, runner, scaleout, steps
 from loadtest.compare.profiles import PROFILES, SCENARIOS, Limits, Profile, profile
 from loadtest.serverproc import PROJECT_ROOT
 
@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--server-arg", action="append", default=[],
         help="extra server argument for both servers (repeat)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scale-out", choices=["auto", "on", "off"], default="auto",
+        help="also run the async server on Redis with 1 and N workers (auto: when "
+        "redis-server is installed and the profile is not smoke)",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 kind, options, levels=[users], step_time=prof.probe_time,
                 window=round(prof.probe_time * 2 / 3, 1), pin=False, tag="-probe",
             )  # fmt: skip
+    scale_runs = None
+    if _want_scale_out(args.scale_out, prof):
+        scale_runs = scaleout.run(options)
     summary = report.write(
         out,
         root=PROJECT_ROOT,
@@ -118,12 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         command=[Path(sys.executable).name, "-m", "loadtest.compare", *(argv or sys.argv[1:])],
         locust_args=args.locust_arg,
         server_args=args.server_arg,
+        scale_out=scale_runs,
     )
     _link_latest(args.reports, out)
     runner.say(options, f"done in {time.monotonic() - began:.0f} s: {out / 'report.html'}")
     if not args.quiet:
         print(report.headline_markdown(summary["headline"]))
+        if summary["scale_out"]:
+            print(report.headline_markdown(summary["scale_out"]["headline"]))
     return 0
+
+
+def _want_scale_out(choice: str, prof: Profile) -> bool:
+    if choice == "off":
+        return False
+    if not scaleout.available():
+        if choice == "on":
+            raise SystemExit("--scale-out on needs redis-server and at least 2 CPUs")
+        return False
+    return choice == "on" or prof.name != "smoke"
 
 
 def render(out: Path) -> int:
@@ -148,6 +169,10 @@ def render(out: Path) -> int:
         locust_args=old["locust_args"],
         server_args=old["server_args"],
         lines=old.get("source_lines"),
+        scale_out={
+            name: _resummarize(out, run, limits)
+            for name, run in ((old.get("scale_out") or {}).get("runs") or {}).items()
+        } or None,
     )  # fmt: skip
     print(report.headline_markdown(summary["headline"]))
     return 0

@@ -21,6 +21,9 @@ from loadtest.compare import figures
 STYLE = {
     "threaded": {"color": "tab:orange", "marker": "o", "label": "threaded"},
     "async": {"color": "tab:blue", "marker": "s", "label": "async"},
+    # the scale-out run (async on Redis), keyed by run["style"]
+    "scale-1": {"color": "tab:green", "marker": "^", "label": "async + Redis, 1 worker"},
+    "scale-n": {"color": "tab:purple", "marker": "D", "label": "async + Redis, {n} workers"},
 }
 DPI = 100
 SIZE = (7.5, 4.2)
@@ -50,12 +53,13 @@ def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
 
 
 def _plot(ax, run: dict, x_key: str, y, *, label_suffix="", linestyle="-", alpha=1.0):
-    style = STYLE[run["kind"]]
+    style = STYLE[run.get("style", run["kind"])]
     xs, ys, outcomes = _series(run, x_key, y)
     if not xs:
         return
+    label = style["label"].format(n=run.get("workers", ""))
     ax.plot(xs, ys, color=style["color"], linestyle=linestyle, alpha=alpha,
-            label=style["label"] + label_suffix)  # fmt: skip
+            label=label + label_suffix)  # fmt: skip
     for x, v, outcome in zip(xs, ys, outcomes, strict=True):
         ax.plot(
             x, v, marker=style["marker"], color=style["color"], alpha=alpha,
@@ -221,6 +225,27 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+SCALE_OUT_PLOT = ("scaleout.png", "Scale-out: async on Redis, 1 worker vs N workers")
+
+
+def scale_out(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
+    """p99 latency and deliveries/s vs users of the scale-out runs, side by side."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 2, SIZE[1]))
+    for run in runs:
+        _plot(left, run, "users_target", figures.p99, label_suffix=" p99")
+        _plot(right, run, "users_target", "deliveries_per_s")
+    left.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
+    left.set_yscale("log")
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _finish(left, f"{name} p99 (nothing pinned)", "users", f"{name} p99 (ms, log scale)")
+    right.yaxis.set_major_formatter(THOUSANDS)
+    right.set_ylim(bottom=0)
+    _finish(right, "deliveries / s (all workers)", "users", "deliveries / s")
+    _legend(left, MARKER_NOTE)
+    _legend(right)
+    _save(fig, path)
 
 
 def draw_all(runs: list[dict], derived: dict, slo_ms: float, latency_name: str, out: Path):

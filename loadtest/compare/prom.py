@@ -48,6 +48,30 @@ def scrape(url: str, timeout: float = 2.0) -> dict | None:
         return None
 
 
+def scrape_all(urls: list[str], timeout: float = 2.0) -> dict | None:
+    """Scrape every worker of one server and add them up; ``None`` if any does not answer.
+
+    Counters, gauges and histogram buckets are summed: the server's total
+    connections, RSS, threads and CPU are the sums over its processes.
+    """
+    flats = [scrape(url, timeout) for url in urls]
+    if any(flat is None for flat in flats):
+        return None
+    if len(flats) == 1:
+        return flats[0]
+    merged: dict = {}
+    for flat in flats:
+        for key, value in flat.items():
+            if key.startswith("hist:"):
+                sums = dict(merged.get(key, []))
+                for le, n in value:
+                    sums[le] = sums.get(le, 0.0) + n
+                merged[key] = sorted(sums.items())
+            else:
+                merged[key] = merged.get(key, 0.0) + value
+    return merged
+
+
 def delta(later: Buckets | None, earlier: Buckets | None) -> Buckets:
     """Buckets of the observations made between two scrapes of one histogram."""
     if not later:

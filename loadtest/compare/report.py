@@ -13,10 +13,10 @@ from loadtest.compare.profiles import Profile
 KINDS = ("threaded", "async")
 
 
-def headline(runs: dict, derived: dict) -> list[dict]:
-    """One row per server: the figures the README's table shows."""
+def headline(runs: dict, derived: dict, names=KINDS) -> list[dict]:
+    """One row per server (or per run of ``names``): the figures the README's table shows."""
     out = []
-    for kind in KINDS:
+    for kind in names:
         if kind not in runs:
             continue
         run, fig = runs[kind], derived[kind]
@@ -103,8 +103,12 @@ def write(
     locust_args: list[str],
     server_args: list[str],
     lines: dict | None = None,
+    scale_out: dict | None = None,
 ) -> dict:
-    """Compute the derived figures and claims, draw the plots, write summary.json and HTML."""
+    """Compute the derived figures and claims, draw the plots, write summary.json and HTML.
+
+    ``scale_out``: the runs of :mod:`loadtest.compare.scaleout` by name, when there were.
+    """
     derived = {kind: figures.derive(run) for kind, run in runs.items()}
     rows = headline(runs, derived)
     lines = lines or source_lines(root)
@@ -116,6 +120,21 @@ def write(
     plot_titles = plots.draw_all(
         [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
     )
+    scale = None
+    if scale_out:
+        scale_derived = {name: figures.derive(run) for name, run in scale_out.items()}
+        ordered = sorted(scale_out, key=lambda name: scale_out[name].get("workers", 1))
+        for index, name in enumerate(ordered):
+            scale_out[name]["style"] = "scale-1" if index == 0 else "scale-n"
+        file, title = plots.SCALE_OUT_PLOT
+        plots.scale_out(
+            [scale_out[n] for n in ordered], profile.limits.slo_ms, latency_name, out / file
+        )
+        plot_titles[file] = title
+        scale = {
+            "headline": headline(scale_out, scale_derived, ordered),
+            "runs": {n: {**scale_out[n], "derived": scale_derived[n]} for n in ordered},
+        }
     summary = {
         "format": 1,
         "date": machine["date"],
@@ -134,6 +153,7 @@ def write(
             for kind in runs
         },
         "claims": table,
+        "scale_out": scale,
         "source_lines": lines,
         "plots": plot_titles,
     }
@@ -214,6 +234,17 @@ def render_html(summary: dict, out: Path) -> str:
         parts.append(
             f"<h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
         )
+    scale = summary.get("scale_out")
+    if scale:
+        parts.append("<h2>Scale-out: async on Redis, 1 worker vs N workers</h2>")
+        parts.append(
+            "<p class='small'>The async server with <code>--broker redis://...</code> (a real "
+            "redis-server started for the run), once with 1 worker and once with "
+            "<code>--workers N</code> (N = the machine's CPUs), same steps, nothing pinned: "
+            "the workers, Redis and Locust share the machine. Figures are summed over the "
+            "workers. See docs/scaling.md.</p>"
+        )
+        parts.append(_headline_html(scale["headline"]))
     if summary["claims"]:
         parts.append("<h2>The article's claims, tested by this run</h2>")
         parts.append(
@@ -233,7 +264,10 @@ def render_html(summary: dict, out: Path) -> str:
         parts.append(
             _table(["", "claim", "measurement", "rule", "this run", "verdict"], body, classes)
         )
-    for kind, server in summary["servers"].items():
+    steps_of = dict(summary["servers"])
+    if scale:
+        steps_of.update(scale["runs"])
+    for kind, server in steps_of.items():
         parts.append(f"<h2>Steps: {_e(kind)}</h2>")
         parts.append(
             f"<p class='small'>Stopped: {_e(server['stop_reason'])}; Locust exit "

@@ -84,8 +84,15 @@ def run_server(
     window: float | None = None,
     pin: bool = True,
     tag: str = "",
+    server_args: list[str] | None = None,
+    workers: int = 1,
 ) -> dict:
-    """Run ``kind`` through the step plan; return its step rows, limit and raw-file names."""
+    """Run ``kind`` through the step plan; return its step rows, limit and raw-file names.
+
+    ``server_args`` are added to the options' server arguments; with
+    ``workers`` > 1 the server runs that many processes (``--workers``) and
+    their metrics (ports ``metrics_port + i``) are summed.
+    """
     profile = options.profile
     levels = levels or profile.levels()
     step_time = step_time or profile.step_time
@@ -94,12 +101,18 @@ def run_server(
     out = options.out_dir
     pinning = options.pinning if pin else Pinning(None, None, "not pinned (probe)")
 
+    extra = [*options.server_args, *(server_args or [])]
+    if workers > 1:
+        extra += ["--workers", str(workers)]
     server = start_server(
         kind,
-        *options.server_args,
+        *extra,
         log_path=out / f"{name}-server.log",
         cpu=pinning.server_cpu,
     )
+    metrics_urls = [
+        f"http://{server.host}:{server.metrics_port + i}/metrics" for i in range(workers)
+    ]
     exporter_port = free_port()
     step = levels[1] - levels[0] if len(levels) > 1 else levels[0]
     command = [
@@ -123,19 +136,19 @@ def run_server(
         command = ["taskset", "-c", pinning.locust_cpus, *command]
 
     try:
-        return _drive(kind, name, options, server, command, exporter_port, levels, step_time,
-                      window, pinning)  # fmt: skip
+        return _drive(kind, name, options, server, metrics_urls, command, exporter_port, levels,
+                      step_time, window, pinning)  # fmt: skip
     finally:
         server.stop()  # idempotent: already stopped on the normal path
 
 
-def _drive(kind, name, options, server, command, exporter_port, levels, step_time, window,
-           pinning) -> dict:  # fmt: skip
+def _drive(kind, name, options, server, metrics_urls, command, exporter_port, levels, step_time,
+           window, pinning) -> dict:  # fmt: skip
     """Start Locust against the running ``server``, sample, judge, stop; return the run."""
     out = options.out_dir
     sample_file = open(out / f"{name}-samples.jsonl", "w")  # noqa: SIM115
     sam = sampler.Sampler(
-        server.metrics_url, f"http://127.0.0.1:{exporter_port}/metrics", options.latency_name
+        metrics_urls, f"http://127.0.0.1:{exporter_port}/metrics", options.latency_name
     )
     samples: list[dict] = []
 

@@ -108,8 +108,9 @@ class ProcessCpu:
 class Sampler:
     """Takes one sample of a server and its load generator on each :meth:`sample` call."""
 
-    def __init__(self, metrics_url: str, exporter_url: str, latency_name: str) -> None:
-        self.metrics_url = metrics_url
+    def __init__(self, metrics_urls: list[str], exporter_url: str, latency_name: str) -> None:
+        """``metrics_urls``: one per server process (several with ``--workers``), summed."""
+        self.metrics_urls = metrics_urls
         self.exporter_url = exporter_url
         self.latency_name = latency_name
         self.locust_cpu: ProcessCpu | None = None
@@ -121,7 +122,7 @@ class Sampler:
 
     def sample(self) -> dict:
         t = time.time()
-        server = server_view(prom.scrape(self.metrics_url))
+        server = server_view(prom.scrape_all(self.metrics_urls))
         server_t = time.time()  # a busy server answers late: its rates use this time
         locust = locust_view(prom.scrape(self.exporter_url), self.latency_name)
         return {

@@ -1,4 +1,4 @@
-"""A real redis-server for the tests, on a free loopback port, restartable."""
+"""A real redis-server on a free loopback port, restartable: for the tests and make compare."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ class RedisProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def flush(self) -> None:
+        """Forget every key (rooms, seqs, history) between two runs."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            client.flushall()
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
