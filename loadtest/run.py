@@ -15,54 +15,28 @@ Everything after ``--`` goes to Locust unchanged.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from loadtest.serverproc import KINDS, PROJECT_ROOT, start_server
+from loadtest.serverproc import KINDS, PROJECT_ROOT, is_free, start_server
 
 STANDARD_PORTS = {"threaded": (8001, 9101), "async": (8002, 9102)}
-
-
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def start_standard(kind: str, server_args: list[str], log_path: Path):
     """Start ``kind`` on its standard ports and wait until it serves."""
     port, metrics_port = STANDARD_PORTS[kind]
     for p in (port, metrics_port):
-        if not _port_free(p):
+        if not is_free("127.0.0.1", p):
             raise SystemExit(
                 f"port {p} is busy (is a {kind} server already running?). "
                 f"Stop it, or point Locust at it: HOST=ws://127.0.0.1:{port}/ws"
             )
-    server = start_server(
-        kind,
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        *server_args,
-        log_path=log_path,
-        wait=False,
+    return start_server(
+        kind, *server_args, port=port, metrics_port=metrics_port, log_path=log_path
     )
-    server = dataclasses.replace(server, port=port, metrics_port=metrics_port)
-    try:
-        server.wait_ready()
-    except Exception:
-        server.stop(signal.SIGKILL)
-        raise
-    return server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,12 +31,13 @@ def free_port(host: str = "127.0.0.1", run: int = 1) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = sock.getsockname()[1]
-        if port + run <= 65536 and all(_is_free(host, port + i) for i in range(1, run)):
+        if port + run <= 65536 and all(is_free(host, port + i) for i in range(1, run)):
             return port
     raise RuntimeError(f"no run of {run} free ports found")
 
 
-def _is_free(host: str, port: int) -> bool:
+def is_free(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` can be bound right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -122,14 +123,17 @@ def start_server(
     kind: str,
     *extra_args: str,
     host: str = "127.0.0.1",
+    port: int | None = None,
+    metrics_port: int | None = None,
     log_path: Path | None = None,
     cpu: int | None = None,
     env: dict[str, str] | None = None,
     preexec_fn=None,
     wait: bool = True,
 ) -> ServerProcess:
-    """Start ``kind`` ("threaded" or "async") on free ports and wait until it serves.
+    """Start ``kind`` ("threaded" or "async") and wait until it serves.
 
+    ``port`` and ``metrics_port`` default to free ports.
     ``extra_args`` are passed to the server's command line. ``cpu`` pins the
     process to that CPU with ``taskset`` when available. Output goes to
     ``log_path`` (or is discarded).
@@ -138,7 +142,8 @@ def start_server(
         raise ValueError(f"unknown server kind {kind!r}; expected one of {KINDS}")
     workers = int(extra_args[extra_args.index("--workers") + 1]) if "--workers" in extra_args else 1
     # Worker i of a --workers server serves metrics on metrics_port + i.
-    port, metrics_port = free_port(host), free_port(host, run=workers)
+    port = port or free_port(host)
+    metrics_port = metrics_port or free_port(host, run=workers)
     args = [
         sys.executable,
         "-m",
