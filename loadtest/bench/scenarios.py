@@ -180,6 +180,7 @@ class Runner:
             "receivers": receivers,
             "senders": sizes.senders,
             "members": connected,
+            "setup_retries": sum(r["retries"] for r in setup),
             "window_per_sender": sizes.window,
             "seconds": round(seconds, 3),
             "deliveries": deliveries,
