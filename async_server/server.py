@@ -29,7 +29,7 @@ from async_server.broker import RedisBroker
 from async_server.metrics_http import serve_metrics
 from common import ChatCore, metrics
 from common.capacity import socket_limit
-from common.chat import DisconnectReason, DropReason, Outcome
+from common.chat import DisconnectReason, DropReason, Outcome, Session
 from common.config import ServerConfig
 from common.http import HttpReply, route, unavailable
 
@@ -148,18 +148,7 @@ class ChatServer:
         reason = DisconnectReason.CLIENT_CLOSE
         try:
             async for frame in ws:
-                received_at = time.perf_counter()
-                if isinstance(frame, str):
-                    outcome = self.core.receive(session, frame)
-                else:
-                    outcome = self.core.receive_binary(session)
-                self.deliver(outcome)
-                metrics.record(outcome, received_at)
-                if self.broker is not None:
-                    await self.broker.handle(outcome)
-                if outcome.close is not None:
-                    self._close_reasons[ws] = outcome.close.reason
-                    await ws.close(outcome.close.code, outcome.close.text)
+                if not await self._handle_frame(ws, session, frame):
                     break
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.reason == "keepalive ping timeout":
@@ -180,6 +169,27 @@ class ChatServer:
             if self.broker is not None:
                 await self.broker.handle(outcome)
             logger.info("close %s: %s (code %s)", session.id, reason.value, ws.close_code)
+
+    async def _handle_frame(self, ws: ServerConnection, session: Session, frame) -> bool:
+        """Hand one frame to the core and deliver the outcome; False once closing.
+
+        A method of its own so that an idle connection's handler keeps no
+        reference to its last frame or outcome while it waits for the next.
+        """
+        received_at = time.perf_counter()
+        if isinstance(frame, str):
+            outcome = self.core.receive(session, frame)
+        else:
+            outcome = self.core.receive_binary(session)
+        self.deliver(outcome)
+        metrics.record(outcome, received_at)
+        if self.broker is not None:
+            await self.broker.handle(outcome)
+        if outcome.close is not None:
+            self._close_reasons[ws] = outcome.close.reason
+            await ws.close(outcome.close.code, outcome.close.text)
+            return False
+        return True
 
     def deliver(self, outcome: Outcome) -> None:
         """Write every payload of ``outcome`` to its targets, without awaiting."""

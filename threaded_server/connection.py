@@ -6,7 +6,8 @@ bytes on the wire are the library's, as on the asyncio server.
 
 Writes come from many threads: the connection's own (replies), any thread
 whose ``say`` reaches this client's rooms, and the server's drainer. They all
-go through :meth:`Connection.enqueue` and :meth:`Connection.flush`:
+go through :meth:`Connection.send_text` (or the protocol's own frames) and the
+outbox:
 
 * ``self.lock`` guards the protocol object and the outbox; it is held only for
   memory operations and *non-blocking* sends, never while waiting on a socket;
@@ -45,6 +46,8 @@ logger = logging.getLogger("twinchat.threaded")
 
 RECV_BUFFER = 65536
 POLL_IN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+# An int: ``socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL`` is an IntFlag operation per call.
+SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -247,33 +250,29 @@ class Connection:
 
     # Called from any thread
 
-    def send_text(self, payload: bytes, frame: bytes | None) -> bool:
-        """Queue a text message (pre-encoded ``frame`` when given). Call :meth:`flush` after.
+    def send_text(self, payload: bytes, frame: bytes | None) -> None:
+        """Send a text message now, without blocking (pre-encoded ``frame`` when given).
 
-        Returns False when the message could not be queued because the client
-        is closing or was cut off.
+        Called with the server's chat lock held, so that every member gets a
+        room's messages in seq order. What the kernel does not take at once
+        waits in the outbox for the drainer; nothing here ever waits on the
+        socket. Dropped when the client is closing or was cut off.
         """
         with self.lock:
-            if self.protocol.state is not OPEN or self.close_reason is not None:
-                return False
+            if self.close_reason is not None or self.protocol.state is not OPEN:
+                return
             if frame is None:  # an extension (compression) encodes per connection
                 self.protocol.send_text(payload)
-                chunks = self.protocol.data_to_send()
-            else:
-                chunks = [frame]
-            for chunk in chunks:
-                self.outbox.append(chunk)
-                self.backlog += len(chunk)
-            if self.backlog > self.config.limits.max_backlog_bytes:
-                self._cut_off_locked()
-                return False
-            return True
-
-    def flush(self) -> None:
-        """Send what the outbox holds without blocking; leave the rest to the drainer."""
-        with self.lock:
-            if not self.draining:
-                self._send_outbox_locked()
+                frame = b"".join(self.protocol.data_to_send())
+            if self.draining or self.outbox:
+                self.outbox.append(frame)
+                self.backlog += len(frame)
+                if self.backlog > self.config.limits.max_backlog_bytes:
+                    self._cut_off_locked()
+                return
+            self.outbox.append(frame)
+            self.backlog = len(frame)
+            self._send_outbox_locked()
 
     def close(self, code: int, reason: str, why: DisconnectReason) -> None:
         """Start the closing handshake; the connection's thread finishes it."""
@@ -315,7 +314,7 @@ class Connection:
             return
         data = self.outbox[0] if len(self.outbox) == 1 else b"".join(self.outbox)
         try:
-            sent = self.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            sent = self.sock.send(data, SEND_FLAGS)
         except BlockingIOError:
             sent = 0
         except OSError:  # the peer is gone; the reader will see it

@@ -2,15 +2,16 @@
 
 The main thread accepts TCP connections and starts one thread per connection
 (:class:`~threaded_server.connection.Connection`). A connection's thread feeds
-each text frame to the shared :class:`~common.ChatCore` under ``chat_lock``,
-queues the outcome on every target's outbox while still holding it (so every
-member queues a room's messages in seq order), then releases it and flushes
-the outboxes with non-blocking sends. Bytes a socket does not take at once are
-finished by the :class:`~threaded_server.drainer.Drainer` thread.
+each text frame to the shared :class:`~common.ChatCore` under ``chat_lock``
+and, still holding it (so every member gets a room's messages in seq order),
+sends the outcome to every target with non-blocking sends. Bytes a socket does
+not take at once wait in its outbox for the
+:class:`~threaded_server.drainer.Drainer` thread.
 
 Locks, in the only order they are ever taken:
 
-* ``ChatServer.chat_lock`` guards the chat core (rooms, seqs, sessions);
+* ``ChatServer.chat_lock`` guards the chat core (rooms, seqs, sessions) and is
+  held while an outcome's payloads are sent, without blocking, to their targets;
 * ``Connection.lock`` guards one connection's protocol state and outbox.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, send 1001 to every client, wait
@@ -292,35 +293,24 @@ class ChatServer:
         self._close_if_asked(connection, outcome)
 
     def apply(self, produce: Callable[[], Outcome]) -> Outcome:
-        """Run ``produce()`` on the core under the chat lock, then deliver its outcome.
+        """Run ``produce()`` on the core under the chat lock and deliver its outcome.
 
-        Payloads are queued on every target while the lock is held, so all
-        members queue a room's messages in seq order; the sends happen after.
+        The payloads are sent to every target while the lock is held, so all
+        members get a room's messages in seq order. The sends never block
+        (what a socket does not take waits for the drainer), so the lock is
+        never held while waiting on a client; the GIL serialises this Python
+        work anyway. Encoded once per payload, not once per member.
         """
+        compressing = self.extensions is not None
         with self.chat_lock:
             outcome = produce()
-            touched = self._queue(outcome)
-        self._flush(touched)
+            for targets, payload in outcome.sends:
+                frame = None if compressing else text_frame(payload)
+                for session in targets:
+                    session.connection.send_text(payload, frame)
         for session, close in outcome.closes:
             session.connection.close(close.code, close.text, close.reason)
         return outcome
-
-    def _queue(self, outcome: Outcome) -> list[Connection]:
-        """Queue every payload on its targets' outboxes (chat_lock held); return them."""
-        touched: list[Connection] = []
-        compressing = self.extensions is not None
-        for targets, payload in outcome.sends:
-            frame = None if compressing else text_frame(payload)
-            for session in targets:
-                connection = session.connection
-                if connection.send_text(payload, frame):
-                    touched.append(connection)
-        return touched
-
-    @staticmethod
-    def _flush(touched: list[Connection]) -> None:
-        for connection in dict.fromkeys(touched):
-            connection.flush()
 
     @staticmethod
     def _close_if_asked(connection: Connection, outcome: Outcome) -> None:
