@@ -15,7 +15,7 @@ Design (see docs/scaling.md for the reasoning):
   order: every process sees a room's messages in seq order.
 * **Pub/sub is at-most-once**, so it is only the fast path. Each process
   subscribes to every room with one pattern subscription, tracks the last seq
-  it delivered per local room (:class:`RoomCursor`), fetches any gap from the
+  it delivered per local room (``ChatCore.deliver``), fetches any gap from the
   history, and checks the rooms' positions every ``position_check_interval``
   seconds to catch messages whose pub/sub delivery was lost (the approach of
   Centrifugo's Redis engine). When history no longer holds a gap, the room's
@@ -28,7 +28,7 @@ Design (see docs/scaling.md for the reasoning):
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 from urllib.parse import urlparse
@@ -176,35 +176,3 @@ def parse_envelope(channel_name: str | bytes, data: bytes) -> Envelope | None:
     except ValueError:
         pass
     return None
-
-
-def replay_from_history(
-    entries: list[tuple[bytes, float]], since: int, upto: int
-) -> tuple[list[bytes], bool]:
-    """Payloads with since < seq <= upto from a history range, and whether that is all.
-
-    ``entries`` are ``(payload, seq)`` pairs from ``ZRANGEBYSCORE ... WITHSCORES``.
-    """
-    wanted = [(int(score), payload) for payload, score in entries if since < score <= upto]
-    wanted.sort()
-    complete = since <= upto and [seq for seq, _ in wanted] == list(range(since + 1, upto + 1))
-    return [payload for _, payload in wanted], complete
-
-
-@dataclass(slots=True)
-class RoomCursor:
-    """What this process has delivered of one room: the gap detector.
-
-    ``offer(seq)`` says what to do with a message from pub/sub: deliver it,
-    drop it (already delivered), or fetch the missing ones first.
-    """
-
-    seq: int
-    pending: dict[int, bytes] = field(default_factory=dict)
-
-    def offer(self, seq: int) -> str:
-        if seq <= self.seq:
-            return "duplicate"
-        if seq == self.seq + 1:
-            return "next"
-        return "gap"

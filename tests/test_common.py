@@ -201,3 +201,74 @@ def test_core_never_raises_and_always_answers(frames_in):
         assert outcome.sends or outcome.close, data
     core.close(s)
     assert core.sessions == {other}
+
+
+# Shared rooms (the broker protocol, without Redis)
+
+
+def test_split_message_splices_seq():
+    """A chat message encoded around its seq joins back to the message with that seq."""
+    from common import broker
+    from common.messages import Say, chat_message
+
+    message = chat_message("r.1", 0, "ann", Say("r.1", 'he said ",\\"seq\\":0,"', "x", 1.5), 12.5)
+    head, tail = broker.split_message(message)
+    assert json.loads(head + b"42" + tail) == {**message, "seq": 42}
+
+
+def test_envelopes_round_trip():
+    """Pub/sub envelopes decode to their room, kind and seq or origin; others are ignored."""
+    from common import broker
+
+    env = broker.parse_envelope(b"twinchat:room:lobby", b'm 17 {"a":1}')
+    expected = ("lobby", broker.Kind.MESSAGE, 17, b'{"a":1}')
+    assert (env.room, env.kind, env.seq, env.payload) == expected
+    env = broker.parse_envelope("twinchat:room:lobby", broker.presence_envelope("s1", b"{}"))
+    assert (env.kind, env.origin, env.payload) == (broker.Kind.PRESENCE, "s1", b"{}")
+    assert broker.parse_envelope(b"other:channel", b"m 1 {}") is None
+    assert broker.parse_envelope(b"twinchat:room:x", b"m notanumber {}") is None
+
+
+def test_shared_core_hands_say_and_join_to_the_broker():
+    """With shared=True, say and join become broker work and nothing is sent yet."""
+    core = ChatCore("test", shared=True)
+    a = ready(core, "A")
+    outcome = core.receive(a, '{"type":"join","room":"r"}', now=0)
+    assert outcome.sends == [] and outcome.join is not None and outcome.join.is_new
+    joined = core.complete_join(a, outcome.join, seq=7, members=3, history=[])
+    [(_, message)] = frames(joined)
+    assert (message["type"], message["seq"], message["members"]) == ("joined", 7, 3)
+    outcome = core.receive(a, '{"type":"say","room":"r","text":"hi","id":"m1"}', now=0)
+    assert outcome.sends == [] and outcome.publish is not None
+    assert (outcome.publish.room, outcome.publish.ref) == ("r", "m1")
+
+
+def test_shared_core_delivers_in_order_and_reports_gaps():
+    """deliver() sends the next seq, drops seqs already delivered, and reports gaps."""
+    core = ChatCore("test", shared=True)
+    a = ready(core, "A")
+    pending = core.receive(a, '{"type":"join","room":"r"}', now=0).join
+    core.complete_join(a, pending, seq=5, members=1, history=[])
+    assert core.deliver("r", 6, b'{"seq":6}').delivered == 1
+    assert core.deliver("r", 6, b'{"seq":6}').sends == []  # duplicate
+    gap = core.deliver("r", 9, b'{"seq":9}')
+    assert gap.sends == [] and gap.gap == ("r", 6, 9)
+    assert core.deliver("elsewhere", 1, b"{}").sends == []
+    lost = core.lose_room("r", 9, "missed messages")
+    assert [(s.connection, c.code) for s, c in lost.closes] == [("A", CloseCode.TRY_AGAIN_LATER)]
+    assert core.local_rooms() == {}
+
+
+def test_shared_core_replays_from_broker_history():
+    """join with since replays from the broker's history; incomplete when it has a hole."""
+    core = ChatCore("test", shared=True)
+    a = ready(core, "A")
+    pending = core.receive(a, '{"type":"join","room":"r","since":2}', now=0).join
+    history = [(3, b'{"seq":3}'), (4, b'{"seq":4}')]
+    sends = frames(core.complete_join(a, pending, seq=4, members=1, history=history))
+    assert [m.get("seq") for _, m in sends] == [4, 3, 4]  # joined (seq 4), then 3 and 4
+    assert sends[0][1]["complete"] is True
+    b = ready(core, "B")
+    pending = core.receive(b, '{"type":"join","room":"r","since":1}', now=0).join
+    sends = frames(core.complete_join(b, pending, seq=4, members=2, history=history))
+    assert sends[0][1]["complete"] is False  # seq 2 is gone
