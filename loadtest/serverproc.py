@@ -57,6 +57,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path | None = None
     args: list[str] = field(default_factory=list)
+    workers: int = 1  # with --workers N, worker i serves metrics on metrics_port + i
 
     @property
     def url(self) -> str:
@@ -95,7 +96,9 @@ class ServerProcess:
                 )
             try:
                 self.healthz(timeout=1.0)
-                self.metrics_text(timeout=1.0)
+                for i in range(self.workers):  # every worker is up once its metrics are
+                    url = f"http://{self.host}:{self.metrics_port + i}/metrics"
+                    urllib.request.urlopen(url, timeout=1.0).close()
                 return
             except OSError as exc:
                 last_error = exc
@@ -172,7 +175,7 @@ def start_server(
     finally:
         if log_path:
             out.close()
-    server = ServerProcess(kind, host, port, metrics_port, proc, log_path, list(args))
+    server = ServerProcess(kind, host, port, metrics_port, proc, log_path, list(args), workers)
     if wait:
         try:
             server.wait_ready()
