@@ -205,8 +205,10 @@ class RedisBroker:
                 continue
             if seq > local:
                 self._catch_up(name, local, seq)
-            elif seq < local:
-                # Redis lost this room (restarted without persistence).
+            elif seq < rooms[name]:
+                # Seqs only grow at Redis, and this read came after the snapshot
+                # in ``rooms`` (messages delivered meanwhile are newer than it).
+                # So Redis lost this room (restarted without persistence).
                 logger.warning("room %s went back from seq %d to %d", name, local, seq)
                 self._lose_room(name, seq, "room state lost, rejoin")
 
