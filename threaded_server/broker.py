@@ -25,7 +25,7 @@ from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChan
 logger = logging.getLogger("twinchat.threaded.broker")
 
 TIMEOUT = 2.0
-POOL_SIZE = 32
+POOL_SIZE = 128
 RETRY_DELAY = 0.5
 LISTEN_TIMEOUT = 0.2
 
