@@ -38,6 +38,15 @@ from common import codec
 PREFIX = "twinchat"
 PROCESS_TTL = 15  # seconds a process counts in presence without refreshing
 POSITION_CHECK_INTERVAL = 1.0
+TIMEOUT = 2.0  # seconds for any one Redis operation, or to get a pooled connection
+# A bounded pool that commands wait for: thousands of clients must queue for a
+# few Redis connections, not open one each (Redis refuses past maxclients).
+POOL_OPTIONS = {
+    "max_connections": 128,
+    "timeout": TIMEOUT,
+    "socket_timeout": TIMEOUT,
+    "socket_connect_timeout": TIMEOUT,
+}
 
 
 class BrokerUnavailable(Exception):

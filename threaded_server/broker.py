@@ -24,8 +24,7 @@ from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChan
 
 logger = logging.getLogger("twinchat.threaded.broker")
 
-TIMEOUT = 2.0
-POOL_SIZE = 128
+TIMEOUT = proto.TIMEOUT
 RETRY_DELAY = 0.5
 LISTEN_TIMEOUT = 0.2
 
@@ -51,15 +50,7 @@ class RedisBroker:
         self._lock = lock  # the server's chat lock, for reading the core
         self.process_id = proto.new_process_id()
         self.position_check_interval = position_check_interval
-        # A bounded pool: thousands of clients must queue for a few Redis
-        # connections, not open one each (Redis refuses past maxclients).
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=TIMEOUT,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-        )
+        pool = redis.BlockingConnectionPool.from_url(url, **proto.POOL_OPTIONS)
         self.redis = redis.Redis.from_pool(pool)
         self._publish = self.redis.register_script(proto.PUBLISH_SCRIPT)
         self._presence = self.redis.register_script(proto.PRESENCE_SCRIPT)
