@@ -24,7 +24,6 @@ from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChan
 
 logger = logging.getLogger("twinchat.async.broker")
 
-TIMEOUT = proto.TIMEOUT
 RETRY_DELAY = 0.5
 
 
