@@ -264,15 +264,12 @@ class Connection:
             if frame is None:  # an extension (compression) encodes per connection
                 self.protocol.send_text(payload)
                 frame = b"".join(self.protocol.data_to_send())
-            if self.draining or self.outbox:
-                self.outbox.append(frame)
-                self.backlog += len(frame)
-                if self.backlog > self.config.limits.max_backlog_bytes:
-                    self._cut_off_locked()
-                return
             self.outbox.append(frame)
-            self.backlog = len(frame)
-            self._send_outbox_locked()
+            self.backlog += len(frame)
+            if not self.draining:  # the outbox was empty: send now
+                self._send_outbox_locked()
+            elif self.backlog > self.config.limits.max_backlog_bytes:
+                self._cut_off_locked()
 
     def close(self, code: int, reason: str, why: DisconnectReason) -> None:
         """Start the closing handshake; the connection's thread finishes it."""
