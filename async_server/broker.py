@@ -70,7 +70,7 @@ class RedisBroker:
         if outcome.publish is not None:
             await self._publish_say(outcome.publish)
         if outcome.join is not None:
-            self._deliver(await self._join(outcome.join))
+            await self._join(outcome.join)
         for change in outcome.presence:
             await self._change_presence(change)
 
@@ -85,7 +85,7 @@ class RedisBroker:
             logger.warning("publish failed: %s", exc)
             self._deliver(self.core.unavailable(say.session, say.ref))
 
-    async def _join(self, join: PendingJoin) -> Outcome:
+    async def _join(self, join: PendingJoin) -> None:
         try:
             members = await self._count(join.room, +1)
             seq = int(await self.redis.get(proto.seq_key(join.room)) or 0) if join.is_new else 0
@@ -98,20 +98,32 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             metrics.BROKER_ERRORS.labels("join").inc()
             logger.warning("join failed: %s", exc)
-            return self.core.unavailable(join.session)
-        outcome = self.core.complete_join(
-            join.session, join, seq=seq, members=members, history=history
+            self._deliver(self.core.unavailable(join.session))
+            return
+        # From complete_join on, the session is a member and gets the room's
+        # messages: ``joined`` must be written before anything else can be, so
+        # nothing is awaited between the two.
+        self._deliver(
+            self.core.complete_join(join.session, join, seq=seq, members=members, history=history)
         )
-        await self._announce(join.session, join.room, +1, members)
-        return outcome
+        await self._presence_after_join(join, members)
+
+    async def _presence_after_join(self, join: PendingJoin, members: int) -> None:
+        """Announce a completed join; undo the count of one that did not complete."""
+        try:
+            if join.room in join.session.rooms:
+                await self._announce(join.session, join.room, +1, members)
+            else:  # the connection closed while the join was in flight
+                await self._count(join.room, -1)
+        except (RedisError, OSError) as exc:
+            _presence_failed(exc)
 
     async def _change_presence(self, change: PresenceChange) -> None:
         try:
             members = await self._count(change.room, change.delta)
             await self._announce(change.session, change.room, change.delta, members)
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("presence").inc()
-            logger.warning("presence update failed: %s", exc)
+            _presence_failed(exc)
 
     async def _count(self, room: str, delta: int) -> int:
         await self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
@@ -223,6 +235,11 @@ class RedisBroker:
         self._deliver(outcome)
         for change in outcome.presence:
             await self._change_presence(change)
+
+
+def _presence_failed(exc: Exception) -> None:
+    metrics.BROKER_ERRORS.labels("presence").inc()
+    logger.warning("presence update failed: %s", exc)
 
 
 def _observe_fanout(payload: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -60,6 +61,54 @@ def test_messages_flow_both_ways_in_one_seq_order(redis_server, server_factory, 
         b.close()
         leave = a.expect("presence")
         assert (leave["event"], leave["members"]) == ("leave", 1)
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_joined_comes_before_the_rooms_messages(redis_server, server_factory, kind):
+    """Joining a busy shared room: ``joined`` first, then seq+1, +2, ... with no gap.
+
+    Talkers on another process keep the room busy while a client joins and
+    leaves it over and over, so messages arrive while each join is in flight.
+    """
+    joiner_srv = server_factory(kind, "--broker", redis_server.url)
+    talker_srv = server_factory("async", "--broker", redis_server.url)
+    r = room()
+    stop = threading.Event()
+
+    def talk(client: ChatClient) -> None:
+        while not stop.is_set():
+            client.say(r, "busy")
+            time.sleep(0.06)  # under the 20/s rate limit
+
+    # Talkers never read: an unbounded queue keeps them from becoming slow consumers.
+    talkers = [ChatClient(talker_srv.url, max_queue=None) for _ in range(40)]
+    threads = [threading.Thread(target=talk, args=(t,), daemon=True) for t in talkers]
+    try:
+        for t in talkers:
+            t.hello()
+            t.join(r)
+        for thread in threads:
+            thread.start()
+        with ChatClient(joiner_srv.url) as joiner:
+            joiner.hello()
+            for _ in range(60):
+                time.sleep(0.1)  # join + leave: under the rate limit
+                joiner.send({"type": "join", "room": r})
+                first = joiner.recv()
+                assert first["type"] == "joined", f"{first['type']} before joined: {first}"
+                expected = first["seq"] + 1
+                for message in joiner.messages(3):
+                    assert message["seq"] == expected, (first, message)
+                    expected += 1
+                joiner.send({"type": "leave", "room": r})
+                while joiner.recv()["type"] != "left":
+                    pass
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        for t in talkers:
+            t.close()
 
 
 @pytest.mark.parametrize(("first", "second"), [("async", "threaded"), ("threaded", "async")])

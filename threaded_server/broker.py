@@ -108,20 +108,32 @@ class RedisBroker:
             logger.warning("join failed: %s", exc)
             self._apply(lambda: self.core.unavailable(join.session))
             return
+        # From complete_join on, the session is a member and gets the room's
+        # messages: ``joined`` is sent under the same chat lock hold, so
+        # nothing can be sent to it before.
         self._apply(
             lambda: self.core.complete_join(
                 join.session, join, seq=seq, members=members, history=history
             )
         )
-        self._announce(join.session, join.room, +1, members)
+        self._presence_after_join(join, members)
+
+    def _presence_after_join(self, join: PendingJoin, members: int) -> None:
+        """Announce a completed join; undo the count of one that did not complete."""
+        try:
+            if join.room in join.session.rooms:
+                self._announce(join.session, join.room, +1, members)
+            else:  # the connection closed while the join was in flight
+                self._count(join.room, -1)
+        except (RedisError, OSError) as exc:
+            _presence_failed(exc)
 
     def _change_presence(self, change: PresenceChange) -> None:
         try:
             members = self._count(change.room, change.delta)
             self._announce(change.session, change.room, change.delta, members)
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("presence").inc()
-            logger.warning("presence update failed: %s", exc)
+            _presence_failed(exc)
 
     def _count(self, room: str, delta: int) -> int:
         self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
@@ -233,6 +245,11 @@ class RedisBroker:
         outcome = self._apply(lambda: self.core.lose_room(room, seq, text))
         for change in outcome.presence:
             self._change_presence(change)
+
+
+def _presence_failed(exc: Exception) -> None:
+    metrics.BROKER_ERRORS.labels("presence").inc()
+    logger.warning("presence update failed: %s", exc)
 
 
 def _observe_fanout(payload: bytes) -> None:
