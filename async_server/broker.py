@@ -86,53 +86,49 @@ class RedisBroker:
             self._deliver(self.core.unavailable(say.session, say.ref))
 
     async def _join(self, join: PendingJoin) -> None:
+        """Count and announce the member, read seq and history: one round trip."""
         try:
-            members = await self._count(join.room, +1)
-            seq = int(await self.redis.get(proto.seq_key(join.room)) or 0) if join.is_new else 0
-            history: list[tuple[int, bytes]] = []
-            if join.since is not None:
-                entries = await self.redis.zrangebyscore(
-                    proto.history_key(join.room), join.since + 1, "+inf", withscores=True
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if join.is_new:
+                    pipe.get(proto.seq_key(join.room))
+                if join.since is not None:
+                    pipe.zrangebyscore(
+                        proto.history_key(join.room), join.since + 1, "+inf", withscores=True
+                    )
+                keys, args = proto.presence_args(
+                    join.room, self.process_id, +1, join.session.id, join.session.name
                 )
-                history = [(int(score), payload) for payload, score in entries]
+                await self._presence(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             metrics.BROKER_ERRORS.labels("join").inc()
             logger.warning("join failed: %s", exc)
             self._deliver(self.core.unavailable(join.session))
             return
+        seq = int(replies.pop(0) or 0) if join.is_new else 0
+        entries = replies.pop(0) if join.since is not None else []
+        history = [(int(score), payload) for payload, score in entries]
+        members = int(replies.pop(0))
         # From complete_join on, the session is a member and gets the room's
         # messages: ``joined`` must be written before anything else can be, so
         # nothing is awaited between the two.
         self._deliver(
             self.core.complete_join(join.session, join, seq=seq, members=members, history=history)
         )
-        await self._presence_after_join(join, members)
-
-    async def _presence_after_join(self, join: PendingJoin, members: int) -> None:
-        """Announce a completed join; undo the count of one that did not complete."""
-        try:
-            if join.room in join.session.rooms:
-                await self._announce(join.session, join.room, +1, members)
-            else:  # the connection closed while the join was in flight
-                await self._count(join.room, -1)
-        except (RedisError, OSError) as exc:
-            _presence_failed(exc)
+        if join.room not in join.session.rooms:  # it closed while the join was in flight
+            await self._change_presence(PresenceChange(join.session, join.room, -1))
 
     async def _change_presence(self, change: PresenceChange) -> None:
+        """Count and announce a member leaving (or joining): one script call."""
+        session = change.session
+        keys, args = proto.presence_args(
+            change.room, self.process_id, change.delta, session.id, session.name
+        )
         try:
-            members = await self._count(change.room, change.delta)
-            await self._announce(change.session, change.room, change.delta, members)
+            await self._presence(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            _presence_failed(exc)
-
-    async def _count(self, room: str, delta: int) -> int:
-        await self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
-        keys, args = proto.presence_args(room, self.process_id, delta)
-        return int(await self._presence(keys=keys, args=args))
-
-    async def _announce(self, session, room: str, delta: int, members: int) -> None:
-        payload = self.core.presence_payload(session, room, delta, members)
-        await self.redis.publish(proto.channel(room), proto.presence_envelope(session.id, payload))
+            metrics.BROKER_ERRORS.labels("presence").inc()
+            logger.warning("presence update failed: %s", exc)
 
     # Messages from Redis
 
@@ -235,11 +231,6 @@ class RedisBroker:
         self._deliver(outcome)
         for change in outcome.presence:
             await self._change_presence(change)
-
-
-def _presence_failed(exc: Exception) -> None:
-    metrics.BROKER_ERRORS.labels("presence").inc()
-    logger.warning("presence update failed: %s", exc)
 
 
 def _observe_fanout(payload: bytes) -> None:

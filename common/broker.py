@@ -33,7 +33,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlparse
 
-from common import codec
+from common import codec, messages
 
 PREFIX = "twinchat"
 PROCESS_TTL = 15  # seconds a process counts in presence without refreshing
@@ -105,9 +105,13 @@ redis.call('PUBLISH', ARGV[4], 'm ' .. seq .. ' ' .. payload)
 return seq
 """
 
-# Change this process's member count of a room by ARGV[2]; return the room's
-# count over live processes, dropping the fields of dead ones.
+# Mark process ARGV[1] alive for ARGV[7] seconds, change its member count of a
+# room by ARGV[2], count the room's members over live processes (dropping the
+# fields of dead ones), announce the change on channel ARGV[4] as
+# ARGV[5] .. count .. ARGV[6], and return the count. One script: a presence
+# change is one round trip, and counts are announced in the order they happened.
 PRESENCE_SCRIPT = """
+redis.call('SET', ARGV[3] .. ARGV[1], 1, 'EX', ARGV[7])
 local count = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 if count <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 local total = 0
@@ -119,6 +123,7 @@ for i = 1, #fields, 2 do
     redis.call('HDEL', KEYS[1], fields[i])
   end
 end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. total .. ARGV[6])
 return total
 """
 
@@ -128,9 +133,18 @@ def publish_args(room: str, head: bytes, tail: bytes, history_size: int) -> tupl
     return [seq_key(room), history_key(room)], [head, tail, history_size, channel(room)]
 
 
-def presence_args(room: str, process_id: str, delta: int) -> tuple[list, list]:
-    """KEYS and ARGV for :data:`PRESENCE_SCRIPT`."""
-    return [members_key(room)], [process_id, delta, f"{PREFIX}:process:"]
+def presence_args(
+    room: str, process_id: str, delta: int, origin: str, name: str
+) -> tuple[list, list]:
+    """KEYS and ARGV for :data:`PRESENCE_SCRIPT`: session ``origin`` (``name``)
+    joined ``room`` (``delta`` > 0) or left it."""
+    event = "join" if delta > 0 else "leave"
+    encoded = codec.encode(messages.presence_message(room, name, event, 0))
+    head, tail = encoded[: -len(b"0}")], b"}"  # "members" is the last key
+    envelope_head = presence_envelope(origin, head)
+    process_prefix = f"{PREFIX}:process:"
+    args = [process_id, delta, process_prefix, channel(room), envelope_head, tail, PROCESS_TTL]
+    return [members_key(room)], args
 
 
 def split_message(message: dict[str, Any]) -> tuple[bytes, bytes]:

@@ -300,10 +300,6 @@ class ChatCore:
                 out.sends.append((others, payload))
         return out
 
-    def presence_payload(self, session: Session, room: str, delta: int, members: int) -> bytes:
-        event = "join" if delta > 0 else "leave"
-        return codec.encode(messages.presence_message(room, session.name, event, members))
-
     def lose_room(self, room_name: str, seq: int, text: str) -> Outcome:
         """The broker can no longer give this room's missing messages: drop its members.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -109,6 +110,35 @@ def test_joined_comes_before_the_rooms_messages(redis_server, server_factory, ki
             thread.join(5)
         for t in talkers:
             t.close()
+
+
+def test_member_counts_are_right_after_a_crowd_leaves(redis_server, server_factory):
+    """A crowd on two processes joins one room and drops at once: the count returns to 1."""
+    a_srv = server_factory("async", "--broker", redis_server.url)
+    b_srv = server_factory("threaded", "--broker", redis_server.url)
+    r = room()
+    crowd = [ChatClient((a_srv if n % 2 else b_srv).url, max_queue=None) for n in range(120)]
+    for client in crowd:
+        client.hello()
+        client.join(r)
+    with ChatClient(a_srv.url) as watcher:
+        watcher.hello()
+        assert watcher.join(r)["members"] == 121
+        for client in crowd:
+            client.ws.socket.close()  # abrupt: no close frame
+        deadline = time.monotonic() + 20
+        while True:  # the servers see the drops and count them down by themselves
+            watcher.send({"type": "leave", "room": r})
+            while watcher.recv()["type"] != "left":
+                pass
+            members = watcher.join(r)["members"]
+            if members == 1:
+                break
+            assert time.monotonic() < deadline, f"{members} members counted, 1 left"
+            time.sleep(0.5)
+    for client in crowd:
+        with contextlib.suppress(Exception):
+            client.close()
 
 
 @pytest.mark.parametrize(("first", "second"), [("async", "threaded"), ("threaded", "async")])
