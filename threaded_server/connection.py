@@ -76,6 +76,9 @@ class Connection:
         self.backlog = 0
         self.draining = False  # the drainer owns the outbox until it is empty
         self.close_reason: DisconnectReason | None = None
+        # The WebSocket is open and no close was started: chat messages may be
+        # sent. Kept by _write_protocol_data_locked, read on the fan-out path.
+        self.sending = False
         # Owned by the connection's thread:
         self._early_frames: list[Frame] = []
         self._fragments: list[bytes] = []
@@ -259,17 +262,26 @@ class Connection:
         socket. Dropped when the client is closing or was cut off.
         """
         with self.lock:
-            if self.close_reason is not None or self.protocol.state is not OPEN:
+            if not self.sending:
                 return
             if frame is None:  # an extension (compression) encodes per connection
                 self.protocol.send_text(payload)
                 frame = b"".join(self.protocol.data_to_send())
-            self.outbox.append(frame)
-            self.backlog += len(frame)
-            if not self.draining:  # the outbox was empty: send now
-                self._send_outbox_locked()
-            elif self.backlog > self.config.limits.max_backlog_bytes:
-                self._cut_off_locked()
+            if self.draining:  # queue behind what the drainer has not written yet
+                self.outbox.append(frame)
+                self.backlog += len(frame)
+                if self.backlog > self.config.limits.max_backlog_bytes:
+                    self._cut_off_locked()
+                return
+            # The outbox is empty: the fan-out hot path, one non-blocking send.
+            try:
+                sent = self.sock.send(frame, SEND_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # the peer is gone; the reader will see it
+                return
+            if sent < len(frame):
+                self._leave_to_drainer_locked(frame[sent:])
 
     def close(self, code: int, reason: str, why: DisconnectReason) -> None:
         """Start the closing handshake; the connection's thread finishes it."""
@@ -297,6 +309,7 @@ class Connection:
         with self.lock:
             if self.close_reason is None:
                 self.close_reason = why
+            self.sending = False
 
     def _write_protocol_data_locked(self) -> None:
         for chunk in self.protocol.data_to_send():
@@ -305,6 +318,7 @@ class Connection:
                 self.backlog += len(chunk)
         if not self.draining:
             self._send_outbox_locked()
+        self.sending = self.protocol.state is OPEN and self.close_reason is None
 
     def _send_outbox_locked(self) -> None:
         if not self.outbox:
@@ -321,8 +335,11 @@ class Connection:
         self.outbox.clear()
         if sent == len(data):
             self.backlog = 0
-            return
-        rest = data[sent:]
+        else:
+            self._leave_to_drainer_locked(data[sent:])
+
+    def _leave_to_drainer_locked(self, rest: bytes) -> None:
+        """The outbox is empty and the socket full: ``rest`` waits for the drainer."""
         self.outbox.append(rest)
         self.backlog = len(rest)
         self.draining = True
@@ -338,6 +355,7 @@ class Connection:
     def _cut_off_locked(self) -> None:
         if self.close_reason is None:
             self.close_reason = DisconnectReason.SLOW_CONSUMER
+        self.sending = False
         metrics.MESSAGES_DROPPED.labels("slow_consumer").inc()
         logger.warning("dropping slow consumer %s", self.address)
         self.outbox.clear()

@@ -2,16 +2,23 @@
 
 Connection threads and fan-out never wait on a client's socket: they send
 without blocking and leave what did not fit in the connection's outbox. The
-drainer polls those sockets for writability and sends the rest, in order.
-A client that never reads is cut off by its backlog bound or its keepalive,
-never waited for.
+drainer waits for those sockets to become writable and sends the rest, in
+order. A client that never reads is cut off by its backlog bound or its
+keepalive, never waited for.
+
+It uses ``epoll`` with one-shot registrations: :meth:`Drainer.watch` arms a
+socket from whichever thread found it full (``epoll_ctl`` is thread-safe and
+a waiting ``epoll_wait`` sees the change), and the drainer re-arms only the
+sockets that are still full after a write. No per-loop bookkeeping grows with
+the number of watched sockets, which matters when thousands of receivers read
+slower than a room speaks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
-import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -20,16 +27,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("twinchat.threaded")
 
+WRITABLE_ONCE = select.EPOLLOUT | select.EPOLLONESHOT
+POLL_TIMEOUT = 0.5  # seconds; how long stop() may wait for the thread
+
 
 class Drainer:
-    """Owns a thread that polls connections with a backlog for POLLOUT."""
+    """Owns a thread that writes the outboxes of connections whose sockets were full."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: dict[int, Connection] = {}
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._epoll = select.epoll()
+        self._connections: dict[int, Connection] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
 
@@ -39,57 +46,45 @@ class Drainer:
     def stop(self) -> None:
         """Stop the thread. Idempotent."""
         self._stopping = True
-        self._wake()
         if self._thread.is_alive():
             self._thread.join(5)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._epoll.close()
 
     def watch(self, connection: Connection) -> None:
-        """Write ``connection``'s outbox when its socket is writable."""
-        with self._lock:
-            self._watched[connection.fileno] = connection
-        self._wake()
+        """Write ``connection``'s outbox once its socket is writable.
+
+        Called with the connection's lock held, once per episode of a full
+        socket (the connection's ``draining`` flag).
+        """
+        fd = connection.fileno
+        if self._connections.get(fd) is connection:
+            self._epoll.modify(fd, WRITABLE_ONCE)  # re-arm a one-shot registration
+            return
+        self._connections[fd] = connection
+        try:
+            self._epoll.register(fd, WRITABLE_ONCE)
+        except FileExistsError:  # a closed connection's fd, reused before forget()
+            self._epoll.modify(fd, WRITABLE_ONCE)
 
     def forget(self, connection: Connection) -> None:
-        with self._lock:
-            if self._watched.get(connection.fileno) is connection:
-                del self._watched[connection.fileno]
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already awake, or stopped
+        """Stop watching ``connection``; call before closing its socket."""
+        fd = connection.fileno
+        if self._connections.get(fd) is connection:
+            del self._connections[fd]
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
 
     def _run(self) -> None:
-        poller = select.poll()
-        registered: set[int] = set()
-        wake_fd = self._wake_r.fileno()
-        poller.register(wake_fd, select.POLLIN)
         while not self._stopping:
-            with self._lock:
-                watched = dict(self._watched)
-            for fd in registered - watched.keys():
-                poller.unregister(fd)
-            for fd in watched.keys() - registered:
-                poller.register(fd, select.POLLOUT)
-            registered = set(watched)
-            for fd, _events in poller.poll(1000):
-                if fd == wake_fd:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
-                    continue
-                connection = watched.get(fd)
+            try:
+                ready = self._epoll.poll(POLL_TIMEOUT)
+            except (OSError, ValueError):  # closed by stop()
+                return
+            for fd, _events in ready:
+                connection = self._connections.get(fd)
                 if connection is None:
                     continue
                 try:
-                    done = connection.drain()
+                    connection.drain()  # re-arms through watch() if still full
                 except Exception:
                     logger.exception("drain failed for %s", connection.address)
-                    done = True
-                if done:
-                    self.forget(connection)
