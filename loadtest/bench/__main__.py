@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         "--receivers", help="comma-separated fan-out sizes instead of the size's own"
     )
     parser.add_argument(
+        "--rounds", type=int, help="fan-out runs per server and size (the size's own if unset)"
+    )
+    parser.add_argument(
         "--profile", action="store_true",
         help="sample each server with py-spy during fan-out (logs/*.pyspy.txt); "
         "the profiler's CPU disturbs the figures",
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(
             sizes, receivers=tuple(int(n) for n in args.receivers.split(","))
         )
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=max(1, args.rounds))
     specs = [SPEC_BY_NAME[name] for name in args.servers.split(",")]
     scenarios = args.scenarios.split(",")
     pinned = (os.cpu_count() or 1) > max(args.server_cpu, args.client_cpu)
@@ -78,18 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             entry: dict = {"model": spec.model, "protocol": "twinchat v1" if spec.chat else "bare"}
             result["servers"][spec.name] = entry
-            if "fanout" in scenarios:
-                entry["fanout"] = []
-                for receivers in sizes.receivers:
-                    row = _guarded(result, f"fanout {receivers}", runner.fanout, spec, receivers)
-                    if row is None:
-                        continue
-                    entry["fanout"].append(row)
-                    _progress(
-                        spec.name, f"fanout {receivers}", row["deliveries_per_s"],
-                        f"deliv/s (server CPU {row['server_cpu_util']:.0%}, "
-                        f"client CPU {row['client_cpu_util']:.0%}, lost {row['lost_connections']})",
-                    )  # fmt: skip
+        if "fanout" in scenarios:
+            _fanout_rounds(result, runner, specs, sizes)
+        for spec in specs:
+            entry = result["servers"][spec.name]
             if "handshake" in scenarios:
                 hs = _guarded(result, "handshake", runner.handshake, spec)
                 if hs is not None:
@@ -120,6 +117,37 @@ def main(argv: list[str] | None = None) -> int:
     print((out_dir / "results.md").read_text())
     print(f"written to {out_dir}")
     return 1 if result["errors"] else 0
+
+
+def _fanout_rounds(result: dict, runner: Runner, specs: list, sizes) -> None:
+    """Run every fan-out ``sizes.rounds`` times, servers interleaved within each round.
+
+    This machine's speed drifts over minutes (shared host), so a server and its
+    bare reference are measured minutes apart only if run one after the other;
+    interleaved, each round compares neighbours in time. Each server's row is
+    its median run, with every round's deliveries/s kept in ``rounds``.
+    """
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for n in range(sizes.rounds):
+        for receivers in sizes.receivers:
+            for spec in specs:
+                what = f"fanout {receivers}" + (f" #{n + 1}" if sizes.rounds > 1 else "")
+                row = _guarded(result, what, runner.fanout, spec, receivers)
+                if row is None:
+                    continue
+                runs.setdefault((spec.name, receivers), []).append(row)
+                _progress(
+                    spec.name, what, row["deliveries_per_s"],
+                    f"deliv/s (server CPU {row['server_cpu_util']:.0%}, "
+                    f"client CPU {row['client_cpu_util']:.0%}, lost {row['lost_connections']})",
+                )  # fmt: skip
+    for spec in specs:
+        rows = [
+            results.median_run(runs[spec.name, receivers])
+            for receivers in sizes.receivers
+            if (spec.name, receivers) in runs
+        ]
+        result["servers"][spec.name]["fanout"] = rows
 
 
 def _guarded(result: dict, what: str, scenario, spec, *args):

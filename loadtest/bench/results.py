@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -69,24 +70,47 @@ def _os_name() -> str:
     return platform.system()
 
 
-def _dps(servers: dict, name: str, receivers: int) -> float | None:
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median deliveries/s (the lower middle one for an even count),
+    with every run's deliveries/s in ``rounds``, in the order they ran."""
+    ranked = sorted(runs, key=lambda row: row["deliveries_per_s"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    row["rounds"] = [run["deliveries_per_s"] for run in runs]
+    return row
+
+
+def _row(servers: dict, name: str, receivers: int) -> dict | None:
     for row in servers.get(name, {}).get("fanout", []):
         if row["receivers"] == receivers:
-            return row["deliveries_per_s"]
+            return row
     return None
 
 
 def ratios(servers: dict) -> list[dict]:
-    """Each server's deliveries/s as a ratio to the bare reference of its model."""
+    """Each server's deliveries/s as a ratio to the bare reference of its model.
+
+    With several interleaved rounds, the ratio is the median of the per-round
+    ratios (each round's server and reference ran minutes apart at most);
+    ``per_round`` lists them.
+    """
     out = []
     for name, bare in BARE_OF.items():
         for row in servers.get(name, {}).get("fanout", []):
-            ref = _dps(servers, bare, row["receivers"])
-            if ref:
-                out.append({
-                    "server": name, "reference": bare, "receivers": row["receivers"],
-                    "ratio": round(row["deliveries_per_s"] / ref, 3),
-                })  # fmt: skip
+            ref = _row(servers, bare, row["receivers"])
+            if not ref or not ref["deliveries_per_s"]:
+                continue
+            mine = row.get("rounds", [row["deliveries_per_s"]])
+            theirs = ref.get("rounds", [ref["deliveries_per_s"]])
+            if len(mine) == len(theirs) and all(theirs):
+                per_round = [round(a / b, 3) for a, b in zip(mine, theirs, strict=True)]
+                ratio = statistics.median(per_round)
+            else:  # a round failed for one of them: compare the medians
+                per_round = []
+                ratio = row["deliveries_per_s"] / ref["deliveries_per_s"]
+            out.append({
+                "server": name, "reference": bare, "receivers": row["receivers"],
+                "ratio": round(ratio, 3), "per_round": per_round,
+            })  # fmt: skip
     return out
 
 
@@ -170,9 +194,9 @@ def markdown(result: dict) -> str:
         "",
         "## Fan-out throughput",
         "",
-        "| server | receivers | deliveries/s | x bare | server CPU s / 1M deliveries "
-        "| server CPU | client CPU | lost |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | receivers | deliveries/s (median) | x bare | each round "
+        "| server CPU s / 1M deliveries | server CPU | client CPU | lost |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, data in servers.items():
         for row in data.get("fanout", []):
@@ -180,6 +204,7 @@ def markdown(result: dict) -> str:
             out.append(
                 f"| {name} | {row['receivers']} + {row['senders']} senders "
                 f"| {row['deliveries_per_s']:,.0f} | {'' if x is None else f'{x:.2f}'} "
+                f"| {' / '.join(f'{n / 1000:,.0f}k' for n in row.get('rounds', []))} "
                 f"| {row['server_cpu_s_per_1m_deliveries']} | {row['server_cpu_util']:.0%} "
                 f"| {row['client_cpu_util']:.0%}{' SATURATED' if row['client_saturated'] else ''} "
                 f"| {row['lost_connections']} |"

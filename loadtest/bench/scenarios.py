@@ -42,6 +42,7 @@ class Sizes:
     handshake_concurrency: int
     workers: int
     reply_timeout: float  # bound on any one worker command
+    rounds: int  # fan-out runs per server and size, interleaved across servers
 
 
 SIZES = {
@@ -49,12 +50,13 @@ SIZES = {
         receivers=(10,), senders=2, window=16, text_len=64, warmup=0.3, duration=1.0,
         async_cap=40, threaded_cap=40, bare_threaded_cap=40, probe=20, room_size=10,
         handshake_seconds=1.0, handshake_concurrency=4, workers=2, reply_timeout=60,
+        rounds=1,
     ),
     "full": Sizes(
         receivers=(100, 1000, 5000), senders=4, window=32, text_len=64, warmup=1.0,
         duration=5.0, async_cap=10_000, threaded_cap=20_000, bare_threaded_cap=19_500,
         probe=1000, room_size=10, handshake_seconds=4.0, handshake_concurrency=32, workers=4,
-        reply_timeout=180,
+        reply_timeout=180, rounds=3,
     ),
 }  # fmt: skip
 
