@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
+from loadtest.locustcmd import locust_command
 from loadtest.serverproc import PROJECT_ROOT, free_port, running_server
 
 SAMPLE = re.compile(r'^(locust_\w+|chat_connections)(?:\{name="(\w+)"\})? ([0-9.e+-]+)$', re.M)
@@ -97,16 +98,10 @@ def run(mode: str, args: argparse.Namespace) -> dict:
     with running_server(
         args.server, *server_args, cpu=1 if have_taskset else None, log_path=out_dir / "server.log"
     ) as server:
-        command = [
-            sys.executable,
-            "-m",
-            "locust",
-            "--config",
-            str(PROJECT_ROOT / "loadtest" / "locust.conf"),
+        command = locust_command(
+            server.url,
             "--headless",
             "--only-summary",
-            "-H",
-            server.url,
             "--exporter-port",
             str(exporter_port),
             "--step-start",
@@ -122,7 +117,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
             "--csv",
             str(out_dir / "locust"),
             *locust_args,
-        ]
+        )
         if have_taskset:
             command = ["taskset", "-c", "0", *command]
         print("$", " ".join(command), flush=True)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from loadtest.locustcmd import locust_command
 from loadtest.serverproc import KINDS, PROJECT_ROOT, is_free, start_server
 
 STANDARD_PORTS = {"threaded": (8001, 9101), "async": (8002, 9102)}
@@ -63,15 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
         print(f"{args.server} server pid {server.pid} at {url} (metrics {server.metrics_url})")
 
-    command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "--config",
-        str(PROJECT_ROOT / "loadtest" / "locust.conf"),
-        "-H",
-        url,
-    ]
+    command = locust_command(url)
     if args.ui:
         command += ["--web-host", "127.0.0.1", "--web-port", "8089"]
     else:

@@ -11,7 +11,6 @@ import csv
 import importlib
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,29 +19,16 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from loadtest.locustcmd import locust_command
 from loadtest.serverproc import KINDS, PROJECT_ROOT, free_port, running_server
 
-CONF = PROJECT_ROOT / "loadtest" / "locust.conf"
 RUN_LIMIT = 120  # seconds: a hung Locust fails the test instead of hanging it
 
 
-def locust_command(url: str, csv_prefix: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "locust",
-        "--config",
-        str(CONF),
-        "--headless",
-        "--only-summary",
-        "-H",
-        url,
-        "--csv",
-        str(csv_prefix),
-        "--stop-timeout",
-        "5",
-        *args,
-    ]
+def headless_locust(url: str, csv_prefix: Path, *args: str) -> list[str]:
+    return locust_command(
+        url, "--headless", "--only-summary", "--csv", str(csv_prefix), "--stop-timeout", "5", *args
+    )
 
 
 def locust_env() -> dict[str, str]:
@@ -59,7 +45,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def run_locust(url: str, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     prefix = tmp_path / "run"
     result = subprocess.run(
-        locust_command(url, prefix, *args),
+        headless_locust(url, prefix, *args),
         cwd=PROJECT_ROOT,
         env=locust_env(),
         capture_output=True,
@@ -175,7 +161,7 @@ def test_step_shape_guard_and_exporter(tmp_path):
     port = free_port()
     with running_server("async") as server:
         prefix = tmp_path / "run"
-        command = locust_command(
+        command = headless_locust(
             server.url,
             prefix,
             "--scenario",

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from loadtest.locustcmd import locust_command
 from loadtest.serverproc import PROJECT_ROOT, free_port, start_server
 
 MONITORING = PROJECT_ROOT / "monitoring"
@@ -453,25 +454,20 @@ def locust_exporter(server_url: str, port: int, workdir: Path):
         return None
     with (workdir / "locust.log").open("wb") as log:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "locust",
-                "--config",
-                str(PROJECT_ROOT / "loadtest" / "locust.conf"),
+            locust_command(
+                server_url,
                 "--headless",
                 "--only-summary",
                 "--users=4",
                 "--spawn-rate=4",
                 "--run-time=150s",
                 "--stop-timeout=5",
-                f"--host={server_url}",
                 f"--exporter-port={port}",
                 "--scenario=chat",
                 "--room-size=4",
                 "--say-every=1",
                 "--room-prefix=monitoring",
-            ],
+            ),
             cwd=PROJECT_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

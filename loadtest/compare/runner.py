@@ -16,16 +16,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.compare import prom, sampler, steps
 from loadtest.compare.profiles import LATENCY_NAME, Profile
+from loadtest.locustcmd import locust_command
 from loadtest.serverproc import PROJECT_ROOT, free_port, start_server
 
-LOCUST = Path(sys.executable).with_name("locust")
 STARTUP_GRACE = 30.0  # seconds for Locust to start before the run is abandoned
 STOP_GRACE = 30.0  # seconds for Locust to stop its users and write its CSVs
 
@@ -115,13 +114,10 @@ def run_server(
     ]
     exporter_port = free_port()
     step = levels[1] - levels[0] if len(levels) > 1 else levels[0]
-    command = [
-        str(LOCUST),
-        "-f", "loadtest/locustfile.py",
-        "--config", "loadtest/locust.conf",
+    command = locust_command(
+        server.url,
         "--headless",
         "--only-summary",
-        "-H", server.url,
         "--scenario", options.scenario,
         "--step-start", str(levels[0]),
         "--step-users", str(step),
@@ -131,7 +127,7 @@ def run_server(
         "--csv-full-history",
         "--exporter-port", str(exporter_port),
         *options.locust_args,
-    ]  # fmt: skip
+    )  # fmt: skip
     if pinning.locust_cpus is not None:
         command = ["taskset", "-c", pinning.locust_cpus, *command]
 
