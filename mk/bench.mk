@@ -6,6 +6,6 @@ BENCH_ARGS ?=
 
 .PHONY: bench
 
-## bench: benchmark suite (BENCH=smoke|full; full takes ~10 min, run it on an idle machine)
+## bench: benchmark suite (BENCH=smoke|full; full takes ~30 min, run it on an idle machine)
 bench: venv
 	$(PY) -m loadtest.bench --size $(BENCH) $(BENCH_ARGS)
