@@ -86,7 +86,11 @@ class RedisBroker:
             self._deliver(self.core.unavailable(say.session, say.ref))
 
     async def _join(self, join: PendingJoin) -> None:
-        """Count and announce the member, read seq and history: one round trip."""
+        """Count and announce the member, read seq and history, in one pipeline.
+
+        (redis-py checks with SCRIPT EXISTS that the script is loaded before
+        sending a pipeline that runs one: two round trips in all.)
+        """
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if join.is_new:
