@@ -48,6 +48,11 @@ class RedisBroker:
         self._presence = self.redis.register_script(proto.PRESENCE_SCRIPT)
         self._tasks: list[asyncio.Task] = []
         self._catch_up_lock = asyncio.Lock()
+        # Removals from presence that failed, by (session id, room), resent every
+        # position check; and the ones being resent, which a join of the same
+        # session and room must wait for (its add must land after the removal).
+        self._unsent: dict[tuple[str, str], PresenceChange] = {}
+        self._resending: dict[tuple[str, str], asyncio.Event] = {}
 
     async def start(self) -> None:
         self._tasks = [
@@ -91,6 +96,11 @@ class RedisBroker:
         (redis-py checks with SCRIPT EXISTS that the script is loaded before
         sending a pipeline that runs one: two round trips in all.)
         """
+        key = (join.session.id, join.room)
+        self._unsent.pop(key, None)  # this join sets the membership anyway
+        resending = self._resending.get(key)
+        if resending is not None:
+            await resending.wait()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if join.is_new:
@@ -108,6 +118,8 @@ class RedisBroker:
             metrics.BROKER_ERRORS.labels("join").inc()
             logger.warning("join failed: %s", exc)
             self._deliver(self.core.unavailable(join.session))
+            # The add may have run before the error: take it back, later if need be.
+            self._keep_unsent(PresenceChange(join.session, join.room, -1))
             return
         seq = int(replies.pop(0) or 0) if join.is_new else 0
         entries = replies.pop(0) if join.since is not None else []
@@ -122,17 +134,47 @@ class RedisBroker:
         if join.room not in join.session.rooms:  # it closed while the join was in flight
             await self._change_presence(PresenceChange(join.session, join.room, -1))
 
-    async def _change_presence(self, change: PresenceChange) -> None:
-        """Count and announce a member leaving (or joining): one script call."""
+    async def _change_presence(self, change: PresenceChange) -> bool:
+        """Count and announce a member leaving (or joining): one script call.
+
+        A removal that fails is kept and resent by the position check (the
+        script is idempotent). Returns False on failure.
+        """
         session = change.session
         keys, args = proto.presence_args(
             change.room, self.process_id, change.delta, session.id, session.name
         )
         try:
             await self._presence(keys=keys, args=args)
+            return True
         except (RedisError, OSError) as exc:
             metrics.BROKER_ERRORS.labels("presence").inc()
             logger.warning("presence update failed: %s", exc)
+            if change.delta < 0:
+                self._keep_unsent(change)
+            return False
+
+    def _keep_unsent(self, change: PresenceChange) -> None:
+        if len(self._unsent) < proto.MAX_UNSENT_PRESENCE:
+            self._unsent[change.session.id, change.room] = change
+        else:
+            logger.warning("too many presence updates to resend; dropping one")
+
+    async def _resend_presence(self) -> None:
+        """Resend the presence removals that failed, oldest first; stop at a failure."""
+        for key in list(self._unsent):
+            change = self._unsent.pop(key, None)
+            if change is None or change.room in change.session.rooms:
+                continue  # a join of the same session and room took its place
+            done = self._resending[key] = asyncio.Event()
+            try:
+                sent = await self._change_presence(change)
+            finally:
+                del self._resending[key]
+                done.set()
+            if not sent:
+                return
+            logger.info("resent presence: %s left %s", key[0], change.room)
 
     # Messages from Redis
 
@@ -182,6 +224,7 @@ class RedisBroker:
                     proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL
                 )
                 await self._check_positions()
+                await self._resend_presence()
             except (RedisError, OSError) as exc:
                 metrics.BROKER_ERRORS.labels("catch_up").inc()
                 logger.debug("position check failed: %s", exc)

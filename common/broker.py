@@ -20,9 +20,12 @@ Design (see docs/scaling.md for the reasoning):
   seconds to catch messages whose pub/sub delivery was lost (the approach of
   Centrifugo's Redis engine). When history no longer holds a gap, the room's
   local members are disconnected rather than silently skipped.
-* **Presence counts** are a hash per room with one field per process; a
-  process's fields only count while its liveness key exists, so a crashed
-  process stops counting after :data:`PROCESS_TTL` seconds.
+* **Presence** is a set of session ids per room and process, and a set of the
+  processes with members per room. Adding or removing a session is
+  idempotent, so an update that failed (Redis down, pool exhausted, an
+  answer lost) is simply retried later, and counts come back right by
+  themselves. A process's members only count while its liveness key exists,
+  so a crashed process stops counting after :data:`PROCESS_TTL` seconds.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from common import codec, messages
 PREFIX = "twinchat"
 PROCESS_TTL = 15  # seconds a process counts in presence without refreshing
 POSITION_CHECK_INTERVAL = 1.0
+# Presence removals that failed, kept per process to be resent (beyond this
+# many, further ones are dropped and that room's count stays high).
+MAX_UNSENT_PRESENCE = 100_000
 TIMEOUT = 2.0  # seconds for any one Redis operation, or to get a pooled connection
 # A bounded pool that commands wait for: thousands of clients must queue for a
 # few Redis connections, not open one each (Redis refuses past maxclients).
@@ -78,8 +84,14 @@ def history_key(room: str) -> str:
     return f"{PREFIX}:room:{room}:history"
 
 
-def members_key(room: str) -> str:
-    return f"{PREFIX}:room:{room}:members"
+def processes_key(room: str) -> str:
+    """The set of processes that have (or had) members in ``room``."""
+    return f"{PREFIX}:room:{room}:processes"
+
+
+def members_prefix(room: str) -> str:
+    """Prefix of the per-process member sets of ``room`` (the process id follows)."""
+    return f"{PREFIX}:room:{room}:members:"
 
 
 def channel(room: str) -> str:
@@ -105,25 +117,36 @@ redis.call('PUBLISH', ARGV[4], 'm ' .. seq .. ' ' .. payload)
 return seq
 """
 
-# Mark process ARGV[1] alive for ARGV[7] seconds, change its member count of a
-# room by ARGV[2], count the room's members over live processes (dropping the
-# fields of dead ones), announce the change on channel ARGV[4] as
-# ARGV[5] .. count .. ARGV[6], and return the count. One script: a presence
-# change is one round trip, and counts are announced in the order they happened.
+# Mark process ARGV[1] alive for ARGV[8] seconds; add session ARGV[3] to (ARGV[2]
+# = "+") or remove it from (ARGV[2] = "-") the process's member set of a room;
+# count the room's members over live processes, dropping the sets of dead ones;
+# if the set changed, announce it on channel ARGV[6] as ARGV[7] .. count ..
+# ARGV[9]; return the count. Idempotent, so a failed update can be retried; one
+# script, so a change is one round trip and counts are announced in order.
 PRESENCE_SCRIPT = """
-redis.call('SET', ARGV[3] .. ARGV[1], 1, 'EX', ARGV[7])
-local count = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if count <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-local total = 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
-    total = total + tonumber(fields[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], fields[i])
-  end
+local process, members, alive = ARGV[1], ARGV[5], ARGV[4]
+redis.call('SET', alive .. process, 1, 'EX', ARGV[8])
+local changed
+if ARGV[2] == '+' then
+  changed = redis.call('SADD', members .. process, ARGV[3])
+  redis.call('SADD', KEYS[1], process)
+else
+  changed = redis.call('SREM', members .. process, ARGV[3])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. total .. ARGV[6])
+local total = 0
+for _, other in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local count = 0
+  if redis.call('EXISTS', alive .. other) == 1 then
+    count = redis.call('SCARD', members .. other)
+  else
+    redis.call('DEL', members .. other)
+  end
+  if count == 0 then redis.call('SREM', KEYS[1], other) end
+  total = total + count
+end
+if changed == 1 then
+  redis.call('PUBLISH', ARGV[6], ARGV[7] .. total .. ARGV[9])
+end
 return total
 """
 
@@ -137,14 +160,15 @@ def presence_args(
     room: str, process_id: str, delta: int, origin: str, name: str
 ) -> tuple[list, list]:
     """KEYS and ARGV for :data:`PRESENCE_SCRIPT`: session ``origin`` (``name``)
-    joined ``room`` (``delta`` > 0) or left it."""
+    joined ``room`` (``delta`` > 0) or left it (``delta`` < 0)."""
     event = "join" if delta > 0 else "leave"
     encoded = codec.encode(messages.presence_message(room, name, event, 0))
     head, tail = encoded[: -len(b"0}")], b"}"  # "members" is the last key
-    envelope_head = presence_envelope(origin, head)
-    process_prefix = f"{PREFIX}:process:"
-    args = [process_id, delta, process_prefix, channel(room), envelope_head, tail, PROCESS_TTL]
-    return [members_key(room)], args
+    args = [
+        process_id, "+" if delta > 0 else "-", origin, f"{PREFIX}:process:",
+        members_prefix(room), channel(room), presence_envelope(origin, head), PROCESS_TTL, tail,
+    ]  # fmt: skip
+    return [processes_key(room)], args
 
 
 def split_message(message: dict[str, Any]) -> tuple[bytes, bytes]:

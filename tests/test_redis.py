@@ -32,6 +32,13 @@ def room() -> str:
     return f"shared-{next(_rooms)}"
 
 
+def leave(client: ChatClient, room_name: str) -> None:
+    """Leave ``room_name``, skipping what the room sent before ``left``."""
+    client.send({"type": "leave", "room": room_name})
+    while client.recv()["type"] != "left":
+        pass
+
+
 def drain_presence(client: ChatClient, count: int) -> None:
     for _ in range(count):
         client.expect("presence")
@@ -101,9 +108,7 @@ def test_joined_comes_before_the_rooms_messages(redis_server, server_factory, ki
                 for message in joiner.messages(3):
                     assert message["seq"] == expected, (first, message)
                     expected += 1
-                joiner.send({"type": "leave", "room": r})
-                while joiner.recv()["type"] != "left":
-                    pass
+                leave(joiner, r)
     finally:
         stop.set()
         for thread in threads:
@@ -128,9 +133,7 @@ def test_member_counts_are_right_after_a_crowd_leaves(redis_server, server_facto
             client.ws.socket.close()  # abrupt: no close frame
         deadline = time.monotonic() + 20
         while True:  # the servers see the drops and count them down by themselves
-            watcher.send({"type": "leave", "room": r})
-            while watcher.recv()["type"] != "left":
-                pass
+            leave(watcher, r)
             members = watcher.join(r)["members"]
             if members == 1:
                 break
@@ -139,6 +142,41 @@ def test_member_counts_are_right_after_a_crowd_leaves(redis_server, server_facto
     for client in crowd:
         with contextlib.suppress(Exception):
             client.close()
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_member_counts_recover_from_leaves_during_an_outage(redis_server, server_factory, kind):
+    """Clients leave while Redis is down: once it is back, the counts come right by themselves."""
+    crowd_srv = server_factory(kind, "--broker", redis_server.url)
+    watcher_srv = server_factory("async", "--broker", redis_server.url)
+    r = room()
+    crowd = [ChatClient(crowd_srv.url, max_queue=None) for _ in range(5)]
+    for client in crowd:
+        client.hello()
+        client.join(r)
+    with ChatClient(watcher_srv.url) as watcher:
+        watcher.hello()
+        assert watcher.join(r)["members"] == 6
+        redis_server.stop()
+        leave(crowd[0], r)
+        for client in crowd[1:]:
+            client.close()
+        time.sleep(1)  # let the server try (and fail) to count them out
+        redis_server.start()
+        deadline = time.monotonic() + 20
+        while True:
+            leave(watcher, r)
+            watcher.send({"type": "join", "room": r})
+            reply = watcher.recv()
+            while reply["type"] == "presence":
+                reply = watcher.recv()
+            if reply["type"] == "joined" and reply["members"] == 1:
+                break
+            assert time.monotonic() < deadline, f"still {reply} after Redis came back"
+            time.sleep(0.5)
+    crowd[0].close()
+    text = crowd_srv.metrics_text()
+    assert metric_value(text, "chat_broker_errors_total", operation="presence") >= 1  # they failed
 
 
 @pytest.mark.parametrize(("first", "second"), [("async", "threaded"), ("threaded", "async")])

@@ -57,6 +57,12 @@ class RedisBroker:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._listen_forever, name="broker", daemon=True)
         self._catch_up_lock = threading.Lock()
+        # Removals from presence that failed, by (session id, room), resent every
+        # position check; and the ones being resent, which a join of the same
+        # session and room must wait for (its add must land after the removal).
+        self._unsent: dict[tuple[str, str], PresenceChange] = {}
+        self._resending: dict[tuple[str, str], threading.Event] = {}
+        self._unsent_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -99,6 +105,12 @@ class RedisBroker:
         (redis-py checks with SCRIPT EXISTS that the script is loaded before
         sending a pipeline that runs one: two round trips in all.)
         """
+        key = (join.session.id, join.room)
+        with self._unsent_lock:
+            self._unsent.pop(key, None)  # this join sets the membership anyway
+            resending = self._resending.get(key)
+        if resending is not None:
+            resending.wait(TIMEOUT * 2)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 if join.is_new:
@@ -116,6 +128,8 @@ class RedisBroker:
             metrics.BROKER_ERRORS.labels("join").inc()
             logger.warning("join failed: %s", exc)
             self._apply(lambda: self.core.unavailable(join.session))
+            # The add may have run before the error: take it back, later if need be.
+            self._keep_unsent(PresenceChange(join.session, join.room, -1))
             return
         seq = int(replies.pop(0) or 0) if join.is_new else 0
         entries = replies.pop(0) if join.since is not None else []
@@ -132,17 +146,52 @@ class RedisBroker:
         if join.room not in join.session.rooms:  # it closed while the join was in flight
             self._change_presence(PresenceChange(join.session, join.room, -1))
 
-    def _change_presence(self, change: PresenceChange) -> None:
-        """Count and announce a member leaving (or joining): one script call."""
+    def _change_presence(self, change: PresenceChange) -> bool:
+        """Count and announce a member leaving (or joining): one script call.
+
+        A removal that fails is kept and resent by the position check (the
+        script is idempotent). Returns False on failure.
+        """
         session = change.session
         keys, args = proto.presence_args(
             change.room, self.process_id, change.delta, session.id, session.name
         )
         try:
             self._presence(keys=keys, args=args)
+            return True
         except (RedisError, OSError) as exc:
             metrics.BROKER_ERRORS.labels("presence").inc()
             logger.warning("presence update failed: %s", exc)
+            if change.delta < 0:
+                self._keep_unsent(change)
+            return False
+
+    def _keep_unsent(self, change: PresenceChange) -> None:
+        with self._unsent_lock:
+            if len(self._unsent) < proto.MAX_UNSENT_PRESENCE:
+                self._unsent[change.session.id, change.room] = change
+                return
+        logger.warning("too many presence updates to resend; dropping one")
+
+    def _resend_presence(self) -> None:
+        """Resend the presence removals that failed, oldest first; stop at a failure."""
+        with self._unsent_lock:
+            keys = list(self._unsent)
+        for key in keys:
+            with self._unsent_lock:
+                change = self._unsent.pop(key, None)
+                if change is None or change.room in change.session.rooms:
+                    continue  # a join of the same session and room took its place
+                done = self._resending[key] = threading.Event()
+            try:
+                sent = self._change_presence(change)
+            finally:
+                with self._unsent_lock:
+                    del self._resending[key]
+                done.set()
+            if not sent:
+                return
+            logger.info("resent presence: %s left %s", key[0], change.room)
 
     # Messages from Redis (the broker thread)
 
@@ -163,6 +212,7 @@ class RedisBroker:
                             proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL
                         )
                         self._check_positions()
+                        self._resend_presence()
                         next_check = time.monotonic() + self.position_check_interval
             except (RedisError, OSError) as exc:
                 metrics.BROKER_ERRORS.labels("subscribe").inc()
