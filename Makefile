@@ -27,9 +27,10 @@ $(STAMP): pyproject.toml
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## lint: ruff
+## lint: ruff check and ruff format --check
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## run-threaded: the thread-per-connection server, chat on :8001, metrics on :9101
 run-threaded: venv

@@ -80,9 +80,7 @@ class RedisBroker:
             await self._change_presence(change)
 
     async def _publish_say(self, say: PendingSay) -> None:
-        keys, args = proto.publish_args(
-            say.room, say.head, say.tail, self.core.limits.history_size
-        )
+        keys, args = proto.publish_args(say.room, say.head, say.tail, self.core.limits.history_size)
         try:
             await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -220,9 +218,7 @@ class RedisBroker:
         while True:
             await asyncio.sleep(self.position_check_interval)
             try:
-                await self.redis.set(
-                    proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL
-                )
+                await self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
                 await self._check_positions()
                 await self._resend_presence()
             except (RedisError, OSError) as exc:

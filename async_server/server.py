@@ -226,5 +226,3 @@ class ChatServer:
 
 def _response(reply: HttpReply) -> Response:
     return Response(reply.status, reply.reason, Headers(reply.headers), reply.body)
-
-

@@ -61,5 +61,3 @@ def supervise(config: ServerConfig) -> int:
     codes = [process.exitcode for process in workers]
     logger.info("workers exited with %s", codes)
     return 0 if all(code == 0 for code in codes) else 1
-
-

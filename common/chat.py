@@ -223,9 +223,7 @@ class ChatCore:
     def receive_binary(self, session: Session) -> Outcome:
         """A binary frame: the protocol is text only, so close with 1003."""
         return Outcome(
-            close=Close(
-                CloseCode.UNSUPPORTED_DATA, "text frames only", DisconnectReason.ERROR
-            ),
+            close=Close(CloseCode.UNSUPPORTED_DATA, "text frames only", DisconnectReason.ERROR),
             dropped=DropReason.INVALID,
         )
 

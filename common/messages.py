@@ -130,9 +130,7 @@ def _parse_say(obj: dict[str, Any], limits: Limits) -> Say:
     if msg_id is not None and (not isinstance(msg_id, str) or len(msg_id) > limits.max_id_chars):
         raise _bad(f"id must be a string of at most {limits.max_id_chars} characters")
     sent_at = obj.get("sent_at")
-    if sent_at is not None and (
-        isinstance(sent_at, bool) or not isinstance(sent_at, int | float)
-    ):
+    if sent_at is not None and (isinstance(sent_at, bool) or not isinstance(sent_at, int | float)):
         raise _bad("sent_at must be a number")
     return Say(room, text, msg_id, sent_at)
 
@@ -159,9 +157,7 @@ _PARSERS = {
 # Server messages
 
 
-def welcome_message(
-    session: str, name: str, implementation: str, limits: Limits
-) -> dict[str, Any]:
+def welcome_message(session: str, name: str, implementation: str, limits: Limits) -> dict[str, Any]:
     return {
         "type": "welcome",
         "session": session,

@@ -35,9 +35,7 @@ def start_standard(kind: str, server_args: list[str], log_path: Path):
                 f"port {p} is busy (is a {kind} server already running?). "
                 f"Stop it, or point Locust at it: HOST=ws://127.0.0.1:{port}/ws"
             )
-    return start_server(
-        kind, *server_args, port=port, metrics_port=metrics_port, log_path=log_path
-    )
+    return start_server(kind, *server_args, port=port, metrics_port=metrics_port, log_path=log_path)
 
 
 def main(argv: list[str] | None = None) -> int:

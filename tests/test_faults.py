@@ -275,4 +275,3 @@ def test_reconnect_with_since_loses_nothing(server):
             while seen[-1] < last:
                 seen.append(c.messages(1)[0]["seq"])
         assert seen == list(range(base + 1, last + 1))
-

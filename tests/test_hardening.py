@@ -279,7 +279,13 @@ def test_garbage_request_closed(server):
 
 @pytest.mark.parametrize(
     "origin",
-    [None, "http://evil.example", "http://good.example.evil.example", "null", "HTTP://GOOD.EXAMPLE"],
+    [
+        None,
+        "http://evil.example",
+        "http://good.example.evil.example",
+        "null",
+        "HTTP://GOOD.EXAMPLE",
+    ],
 )
 def test_bad_origin_refused_403(server_factory, server, origin):
     """With --allowed-origin, a missing or different Origin gets 403; the page still loads."""
@@ -351,9 +357,10 @@ UPGRADE = (
 def test_frames_pipelined_with_handshake(server):
     """Frames sent in the same segment as the upgrade request are handled, not dropped."""
     room = new_room()
-    with Bystander(server.url, room) as bystander, socket.create_connection(
-        (server.host, server.port), timeout=TIMEOUT
-    ) as sock:
+    with (
+        Bystander(server.url, room) as bystander,
+        socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock,
+    ):
         sock.sendall(
             UPGRADE
             + masked_frame(b'{"type":"hello","name":"eager"}')

@@ -89,9 +89,7 @@ class RedisBroker:
             self._change_presence(change)
 
     def _publish_say(self, say: PendingSay) -> None:
-        keys, args = proto.publish_args(
-            say.room, say.head, say.tail, self.core.limits.history_size
-        )
+        keys, args = proto.publish_args(say.room, say.head, say.tail, self.core.limits.history_size)
         try:
             self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -208,9 +206,7 @@ class RedisBroker:
                     if message is not None and message["type"] == "pmessage":
                         self._receive(message["channel"], message["data"])
                     if time.monotonic() >= next_check:
-                        self.redis.set(
-                            proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL
-                        )
+                        self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
                         self._check_positions()
                         self._resend_presence()
                         next_check = time.monotonic() + self.position_check_interval

@@ -97,9 +97,7 @@ class ChatServer:
         """Listen on the chat port, start the drainer and the metrics server."""
         cfg = self.config
         threading.stack_size(cfg.thread_stack_kib * 1024)
-        self._listener = socket.create_server(
-            (cfg.host, cfg.port), backlog=1024, reuse_port=False
-        )
+        self._listener = socket.create_server((cfg.host, cfg.port), backlog=1024, reuse_port=False)
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
         self.drainer.start()
         if self.broker is not None:
@@ -219,9 +217,7 @@ class ChatServer:
             self._refuse(sock, "overload")
             return
         connection = Connection(self, sock, address)
-        thread = threading.Thread(
-            target=connection.run, name=f"conn-{address[1]}", daemon=True
-        )
+        thread = threading.Thread(target=connection.run, name=f"conn-{address[1]}", daemon=True)
         with self._connections_lock:
             self._connections[connection] = thread
         try:

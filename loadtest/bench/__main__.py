@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         "pinning": (
             f"server on CPU {server_cpu} (taskset -c {server_cpu}), load client "
             f"({sizes.workers} uvloop processes) and coordinator on CPU {client_cpu}"
-            if pinned else "not pinned (fewer than 2 CPUs)"
+            if pinned
+            else "not pinned (fewer than 2 CPUs)"
         ),
         "throughput_args": list(UNLIMITED),
         "config": {k: v for k, v in vars(sizes).items()},
@@ -96,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                 cap = _guarded(result, "capacity", runner.capacity, spec)
                 if cap is not None:
                     entry["capacity"] = cap
-                    _progress(spec.name, "capacity", cap["held"],
-                              f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn")
+                    _progress(
+                        spec.name,
+                        "capacity",
+                        cap["held"],
+                        f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn",
+                    )
     finally:
         pool.close()
     result["elapsed_seconds"] = round(time.monotonic() - started, 1)

@@ -70,6 +70,11 @@ def _os_name() -> str:
     return platform.system()
 
 
+def _at_probe(cap: dict) -> str:
+    probe = cap["at_probe"]
+    return f"{probe.get('rss_kib_per_connection')} KiB at {probe['connections']}"
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run with the median deliveries/s (the lower middle one for an even count),
     with every run's deliveries/s in ``rounds``, in the order they ran."""
@@ -131,36 +136,59 @@ def targets(servers: dict, sizes) -> list[dict]:
         add(
             f"{who}: deliveries/s >= {MIN_RATIO}x {ratio['reference']} "
             f"({ratio['receivers']} receivers)",
-            ratio["ratio"], f">= {MIN_RATIO}", ratio["ratio"] >= MIN_RATIO,
+            ratio["ratio"],
+            f">= {MIN_RATIO}",
+            ratio["ratio"] >= MIN_RATIO,
         )
 
     cap = servers.get("async-uvloop", {}).get("capacity")
     if cap:
         kib = cap["at_max"].get("rss_kib_per_connection")
-        add("async: resident memory per idle connection (at max)", kib,
-            f"<= {ASYNC_KIB} KiB", kib is not None and kib <= ASYNC_KIB,
-            f"{cap['at_probe'].get('rss_kib_per_connection')} KiB at {cap['at_probe']['connections']}")  # noqa: E501
-        add(f"async: {cap['cap']} concurrent connections held", cap["held"], f">= {cap['cap']}",
+        add(
+            "async: resident memory per idle connection (at max)",
+            kib,
+            f"<= {ASYNC_KIB} KiB",
+            kib is not None and kib <= ASYNC_KIB,
+            _at_probe(cap),
+        )
+        add(
+            f"async: {cap['cap']} concurrent connections held",
+            cap["held"],
+            f">= {cap['cap']}",
             cap["held"] >= cap["cap"] and cap["server_alive"],
-            "server alive" if cap["server_alive"] else "server died")
+            "server alive" if cap["server_alive"] else "server died",
+        )
 
     cap = servers.get("threaded", {}).get("capacity")
     if cap:
         for key, label in (("threads_per_connection", "threads"), ("fds_per_connection", "fds")):
             values = [cap[p].get(key) for p in ("at_probe", "at_max")]
             worst = max((v for v in values if v is not None), default=None)
-            add(f"threaded: {label} per connection (at {cap['at_probe']['connections']} "
-                f"and at {cap['at_max']['connections']})", worst, f"<= {PER_CONNECTION}",
-                worst is not None and worst <= PER_CONNECTION, f"{values[0]} / {values[1]}")
+            add(
+                f"threaded: {label} per connection (at {cap['at_probe']['connections']} "
+                f"and at {cap['at_max']['connections']})",
+                worst,
+                f"<= {PER_CONNECTION}",
+                worst is not None and worst <= PER_CONNECTION,
+                f"{values[0]} / {values[1]}",
+            )
         kib = cap["at_max"].get("rss_kib_per_connection")
-        add("threaded: resident memory per idle connection (at max)", kib,
-            f"<= {THREADED_KIB} KiB", kib is not None and kib <= THREADED_KIB,
-            f"{cap['at_probe'].get('rss_kib_per_connection')} KiB at {cap['at_probe']['connections']}")  # noqa: E501
+        add(
+            "threaded: resident memory per idle connection (at max)",
+            kib,
+            f"<= {THREADED_KIB} KiB",
+            kib is not None and kib <= THREADED_KIB,
+            _at_probe(cap),
+        )
         wanted = min(THREADED_HELD, cap["cap"])
-        add("threaded: connections held without dying (fd limit)", cap["held"],
-            f">= {wanted} and alive", cap["held"] >= wanted and cap["server_alive"],
+        add(
+            "threaded: connections held without dying (fd limit)",
+            cap["held"],
+            f">= {wanted} and alive",
+            cap["held"] >= wanted and cap["server_alive"],
             ("server alive" if cap["server_alive"] else "server died")
-            + (f"; stopped by refusal: {cap['refusals'][:1]}" if cap["stopped_by_refusal"] else ""))
+            + (f"; stopped by refusal: {cap['refusals'][:1]}" if cap["stopped_by_refusal"] else ""),
+        )
     return lines
 
 
@@ -239,8 +267,7 @@ def markdown(result: dict) -> str:
         "",
         "## Handshake rate (connect + hello + close; references: connect + ping + close)",
         "",
-        "| server | handshakes/s | server CPU ms / handshake | server CPU | client CPU "
-        "| failed |",
+        "| server | handshakes/s | server CPU ms / handshake | server CPU | client CPU | failed |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, data in servers.items():

@@ -33,9 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     parser.add_argument("--scenario", choices=SCENARIOS, default="chat")
-    parser.add_argument(
-        "--servers", default="threaded,async", help="comma-separated, in run order"
-    )
+    parser.add_argument("--servers", default="threaded,async", help="comma-separated, in run order")
     parser.add_argument("--reports", type=Path, default=PROJECT_ROOT / "reports")
     parser.add_argument(
         "--out", type=Path, default=None, help="report directory (default reports/<timestamp>)"

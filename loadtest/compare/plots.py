@@ -204,9 +204,7 @@ def errors(runs: list[dict], path: Path) -> None:
         dropped = lambda r: sum(r["dropped"].values())  # noqa: E731
         _plot(ax, run, "users_target", dropped, label_suffix=" messages dropped",
               linestyle="-.", alpha=0.7)  # fmt: skip
-        total += sum(
-            r["failures"] + disconnects(r) + refused(r) + dropped(r) for r in run["steps"]
-        )
+        total += sum(r["failures"] + disconnects(r) + refused(r) + dropped(r) for r in run["steps"])
     if total:
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=0)

@@ -25,9 +25,7 @@ def headline(runs: dict, derived: dict, names=KINDS) -> list[dict]:
             {
                 "server": kind,
                 "limit_users": limit["users"],
-                "limit": (
-                    f"{limit['users']:,} users" if limit["reached"] else limit["criterion"]
-                ),
+                "limit": (f"{limit['users']:,} users" if limit["reached"] else limit["criterion"]),
                 "criterion": limit["criterion"],
                 "last_ok_users": limit["last_ok_users"],
                 "deliveries_per_s_last_ok": ok.get("deliveries_per_s"),
@@ -83,9 +81,7 @@ def source_lines(root: Path) -> dict:
     out = {}
     for kind, package in (("threaded", "threaded_server"), ("async", "async_server")):
         files = sorted((root / package).glob("*.py"))
-        out[kind] = sum(
-            1 for f in files for line in f.read_text().splitlines() if line.strip()
-        )
+        out[kind] = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
     return out
 
 
@@ -112,11 +108,7 @@ def write(
     derived = {kind: figures.derive(run) for kind, run in runs.items()}
     rows = headline(runs, derived)
     lines = lines or source_lines(root)
-    table = (
-        claims.evaluate(runs, derived, probes, lines)
-        if set(KINDS) <= set(runs)
-        else []
-    )
+    table = claims.evaluate(runs, derived, probes, lines) if set(KINDS) <= set(runs) else []
     plot_titles = plots.draw_all(
         [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
     )
