@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from common import broker as proto
 from common import metrics
@@ -89,29 +89,14 @@ class RedisBroker:
             self._deliver(self.core.unavailable(say.session, say.ref))
 
     async def _join(self, join: PendingJoin) -> None:
-        """Count and announce the member, read seq and history, in one pipeline.
-
-        (redis-py checks with SCRIPT EXISTS that the script is loaded before
-        sending a pipeline that runs one: two round trips in all.)
-        """
+        """Count and announce the member, read seq and history; then complete the join."""
         key = (join.session.id, join.room)
         self._unsent.pop(key, None)  # this join sets the membership anyway
         resending = self._resending.get(key)
         if resending is not None:
             await resending.wait()
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if join.is_new:
-                    pipe.get(proto.seq_key(join.room))
-                if join.since is not None:
-                    pipe.zrangebyscore(
-                        proto.history_key(join.room), join.since + 1, "+inf", withscores=True
-                    )
-                keys, args = proto.presence_args(
-                    join.room, self.process_id, +1, join.session.id, join.session.name
-                )
-                await self._presence(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+            replies = await self._join_round_trip(join)
         except (RedisError, OSError) as exc:
             metrics.BROKER_ERRORS.labels("join").inc()
             logger.warning("join failed: %s", exc)
@@ -131,6 +116,35 @@ class RedisBroker:
         )
         if join.room not in join.session.rooms:  # it closed while the join was in flight
             await self._change_presence(PresenceChange(join.session, join.room, -1))
+
+    async def _join_round_trip(self, join: PendingJoin) -> list:
+        """[seq if the room is new here] + [history if since] + [member count].
+
+        One pipeline, with EVALSHA queued directly: for a registered script
+        redis-py would first ask SCRIPT EXISTS, a second round trip. A Redis
+        that lost its script cache (a restart) answers NOSCRIPT: the script did
+        not run, so it is loaded and the pipeline (reads before it) sent again.
+        """
+        keys, args = proto.presence_args(
+            join.room, self.process_id, +1, join.session.id, join.session.name
+        )
+
+        async def send() -> list:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if join.is_new:
+                    pipe.get(proto.seq_key(join.room))
+                if join.since is not None:
+                    pipe.zrangebyscore(
+                        proto.history_key(join.room), join.since + 1, "+inf", withscores=True
+                    )
+                pipe.evalsha(self._presence.sha, len(keys), *keys, *args)
+                return await pipe.execute()
+
+        try:
+            return await send()
+        except NoScriptError:
+            await self.redis.script_load(proto.PRESENCE_SCRIPT)
+            return await send()
 
     async def _change_presence(self, change: PresenceChange) -> bool:
         """Count and announce a member leaving (or joining): one script call.
