@@ -104,10 +104,7 @@ class RedisBroker:
             # The add may have run before the error: take it back, later if need be.
             self._keep_unsent(PresenceChange(join.session, join.room, -1))
             return
-        seq = int(replies.pop(0) or 0) if join.is_new else 0
-        entries = replies.pop(0) if join.since is not None else []
-        history = [(int(score), payload) for payload, score in entries]
-        members = int(replies.pop(0))
+        seq, history, members = proto.parse_join_replies(replies, join.since, join.is_new)
         # From complete_join on, the session is a member and gets the room's
         # messages: ``joined`` must be written before anything else can be, so
         # nothing is awaited between the two.
@@ -118,26 +115,20 @@ class RedisBroker:
             await self._change_presence(PresenceChange(join.session, join.room, -1))
 
     async def _join_round_trip(self, join: PendingJoin) -> list:
-        """[seq if the room is new here] + [history if since] + [member count].
+        """Send :func:`common.broker.queue_join`'s commands in one pipeline; return the answers.
 
-        One pipeline, with EVALSHA queued directly: for a registered script
-        redis-py would first ask SCRIPT EXISTS, a second round trip. A Redis
-        that lost its script cache (a restart) answers NOSCRIPT: the script did
-        not run, so it is loaded and the pipeline (reads before it) sent again.
+        EVALSHA is sent directly: for a registered script redis-py would first
+        ask SCRIPT EXISTS, a second round trip. A Redis that lost its script
+        cache (a restart) answers NOSCRIPT: the script did not run, so it is
+        loaded and the pipeline (reads before it) sent again.
         """
-        keys, args = proto.presence_args(
-            join.room, self.process_id, +1, join.session.id, join.session.name
-        )
 
         async def send() -> list:
             async with self.redis.pipeline(transaction=False) as pipe:
-                if join.is_new:
-                    pipe.get(proto.seq_key(join.room))
-                if join.since is not None:
-                    pipe.zrangebyscore(
-                        proto.history_key(join.room), join.since + 1, "+inf", withscores=True
-                    )
-                pipe.evalsha(self._presence.sha, len(keys), *keys, *args)
+                proto.queue_join(
+                    pipe, join.room, join.since, join.is_new, self.process_id,
+                    join.session.id, join.session.name, self._presence.sha,
+                )  # fmt: skip
                 return await pipe.execute()
 
         try:

@@ -171,6 +171,41 @@ def presence_args(
     return [processes_key(room)], args
 
 
+def queue_join(
+    pipe: Any,
+    room: str,
+    since: int | None,
+    is_new: bool,
+    process_id: str,
+    origin: str,
+    name: str,
+    presence_sha: str,
+) -> None:
+    """Queue one join's commands on a redis-py pipeline (blocking or asyncio: both
+    queue the same way): the room's seq (when the room is new to this process),
+    its history after ``since`` (when given), and the member's add (``EVALSHA``
+    of :data:`PRESENCE_SCRIPT`, whose SHA1 is ``presence_sha``).
+    :func:`parse_join_replies` reads the answers."""
+    if is_new:
+        pipe.get(seq_key(room))
+    if since is not None:
+        pipe.zrangebyscore(history_key(room), since + 1, "+inf", withscores=True)
+    keys, args = presence_args(room, process_id, +1, origin, name)
+    pipe.evalsha(presence_sha, len(keys), *keys, *args)
+
+
+def parse_join_replies(
+    replies: list, since: int | None, is_new: bool
+) -> tuple[int, list[tuple[int, bytes]], int]:
+    """``(seq, history, members)`` from the answers to :func:`queue_join`:
+    seq is 0 unless the room is new here; history holds ``(seq, payload)`` pairs."""
+    answers = iter(replies)
+    seq = int(next(answers) or 0) if is_new else 0
+    entries = next(answers) if since is not None else []  # (payload, score) pairs
+    history = [(int(score), payload) for payload, score in entries]
+    return seq, history, int(next(answers))
+
+
 def split_message(message: dict[str, Any]) -> tuple[bytes, bytes]:
     """Encode a chat message around its seq, which Redis fills in.
 
