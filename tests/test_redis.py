@@ -39,6 +39,25 @@ def leave(client: ChatClient, room_name: str) -> None:
         pass
 
 
+def rejoin_until_members(client: ChatClient, room_name: str, expected: int) -> None:
+    """Leave and rejoin ``room_name`` until ``joined`` counts ``expected`` members.
+
+    The servers settle counts by themselves; this waits for it, for at most 20 s.
+    """
+    deadline = time.monotonic() + 20
+    while True:
+        leave(client, room_name)
+        client.send({"type": "join", "room": room_name})
+        reply = client.recv()
+        while reply["type"] == "presence":
+            reply = client.recv()
+        assert reply["type"] == "joined", reply
+        if reply["members"] == expected:
+            return
+        assert time.monotonic() < deadline, f"{reply['members']} members counted, {expected} left"
+        time.sleep(0.5)
+
+
 def drain_presence(client: ChatClient, count: int) -> None:
     for _ in range(count):
         client.expect("presence")
@@ -131,14 +150,7 @@ def test_member_counts_are_right_after_a_crowd_leaves(redis_server, server_facto
         assert watcher.join(r)["members"] == 121
         for client in crowd:
             client.ws.socket.close()  # abrupt: no close frame
-        deadline = time.monotonic() + 20
-        while True:  # the servers see the drops and count them down by themselves
-            leave(watcher, r)
-            members = watcher.join(r)["members"]
-            if members == 1:
-                break
-            assert time.monotonic() < deadline, f"{members} members counted, 1 left"
-            time.sleep(0.5)
+        rejoin_until_members(watcher, r, 1)  # the servers see the drops by themselves
     for client in crowd:
         with contextlib.suppress(Exception):
             client.close()
@@ -163,17 +175,7 @@ def test_member_counts_recover_from_leaves_during_an_outage(redis_server, server
             client.close()
         time.sleep(1)  # let the server try (and fail) to count them out
         redis_server.start()
-        deadline = time.monotonic() + 20
-        while True:
-            leave(watcher, r)
-            watcher.send({"type": "join", "room": r})
-            reply = watcher.recv()
-            while reply["type"] == "presence":
-                reply = watcher.recv()
-            if reply["type"] == "joined" and reply["members"] == 1:
-                break
-            assert time.monotonic() < deadline, f"still {reply} after Redis came back"
-            time.sleep(0.5)
+        rejoin_until_members(watcher, r, 1)
     crowd[0].close()
     text = crowd_srv.metrics_text()
     assert metric_value(text, "chat_broker_errors_total", operation="presence") >= 1  # they failed
