@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 
 from loadtest.locustcmd import locust_command
-from loadtest.serverproc import PROJECT_ROOT, free_port, running_server
+from loadtest.serverproc import PROJECT_ROOT, free_port, running_server, stop_process
 
 SAMPLE = re.compile(r'^(locust_\w+|chat_connections)(?:\{name="(\w+)"\})? ([0-9.e+-]+)$', re.M)
 
@@ -126,13 +126,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
         try:
             steps = _observe(locust, server, exporter_port, plan, args.window)
         finally:
-            if locust.poll() is None:
-                locust.terminate()
-            try:
-                locust.wait(60)
-            except subprocess.TimeoutExpired:
-                locust.kill()
-                locust.wait()
+            stop_process(locust, timeout=60)
     result = {
         "mode": mode,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -29,7 +29,7 @@ import pytest
 from websockets.sync.client import connect
 
 from loadtest.locustcmd import locust_command
-from loadtest.serverproc import PROJECT_ROOT, free_port, start_server
+from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
 
 MONITORING = PROJECT_ROOT / "monitoring"
 PROMETHEUS_YML = MONITORING / "prometheus.yml"
@@ -378,13 +378,7 @@ class Prometheus:
         pytest.fail(f"Prometheus not ready: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 15)
 
 
 class ChatTraffic:
@@ -647,13 +641,8 @@ def test_every_dashboard_query_returns_data_from_live_servers(tmp_path):
     finally:
         if traffic:
             traffic.stop()
-        if locust and locust.poll() is None:
-            locust.send_signal(signal.SIGINT)
-            try:
-                locust.wait(20)
-            except subprocess.TimeoutExpired:
-                locust.kill()
-                locust.wait()
+        if locust:
+            stop_process(locust, signal.SIGINT, 20)
         if prometheus:
             prometheus.stop()
         for server in started:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.serverproc import PROJECT_ROOT, ServerProcess, free_port, start_server
+from loadtest.serverproc import PROJECT_ROOT, ServerProcess, free_port, start_server, stop_process
 
 
 @dataclass(frozen=True)
@@ -59,14 +58,7 @@ class Running:
     def stop(self) -> int | None:
         if self._owner is not None:
             return self._owner.stop(timeout=10.0)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -> Running:

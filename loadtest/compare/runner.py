@@ -23,7 +23,7 @@ from pathlib import Path
 from loadtest.compare import prom, sampler, steps
 from loadtest.compare.profiles import LATENCY_NAME, Profile
 from loadtest.locustcmd import locust_command
-from loadtest.serverproc import PROJECT_ROOT, free_port, start_server
+from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
 
 STARTUP_GRACE = 30.0  # seconds for Locust to start before the run is abandoned
 STOP_GRACE = 30.0  # seconds for Locust to stop its users and write its CSVs
@@ -263,14 +263,7 @@ def _drive(kind, name, options, server, metrics_urls, command, exporter_port, le
 
 def _stop(locust: subprocess.Popen) -> int:
     """SIGTERM Locust (it stops its users and writes its CSVs); kill it if it hangs."""
-    if locust.poll() is None:
-        locust.send_signal(signal.SIGTERM)
-        try:
-            locust.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            locust.kill()
-            locust.wait()
-    return locust.returncode
+    return stop_process(locust, signal.SIGTERM, STOP_GRACE)
 
 
 def _progress(options, name, t0, step_time, levels, samples) -> None:
