@@ -48,7 +48,7 @@ def _on_init(environment, runner, **_kwargs) -> None:
     if not worker and not opts.user_classes:
         environment.user_classes[:] = [SCENARIOS[opts.scenario]]
         logger.info("scenario %s (%s)", opts.scenario, SCENARIOS[opts.scenario].__name__)
-    if not worker and opts.step_users:
+    if not worker and (opts.step_users or opts.step_levels):
         try:
             plan = step_shape.StepPlan.from_options(opts)
         except ValueError as exc:
@@ -59,7 +59,7 @@ def _on_init(environment, runner, **_kwargs) -> None:
         environment.shape_class = shape
         logger.info(
             "step shape: users %s, %.0f s each (%.0f s in all), spawn rate %.0f/s",
-            plan.levels(),
+            list(plan.levels),
             plan.step_time,
             plan.duration,
             plan.spawn_rate,

@@ -94,7 +94,7 @@ def add_arguments(parser) -> None:
         "--step-time",
         type=float,
         default=60.0,
-        help="Step shape: seconds each step is held (ramp included). Default 60.",
+        help="Step shape: seconds each step is held after its ramp. Default 60.",
     )
     group.add_argument(
         "--step-start",
@@ -109,11 +109,17 @@ def add_arguments(parser) -> None:
         help="Step shape: users of the last step. Default: -u.",
     )
     group.add_argument(
+        "--step-levels",
+        default="",
+        help="Step shape: the user count of every step, comma-separated (e.g. 1000,1500,2250); "
+        "overrides --step-start/--step-users/--step-max.",
+    )
+    group.add_argument(
         "--step-spawn-rate",
         type=float,
         default=0.0,
-        help="Step shape: users started per second within a step. Default: --step-users "
-        "(each step ramps in about one second).",
+        help="Step shape: users started per second within a step. Default: the largest rise "
+        "between two steps (each step ramps in about one second).",
     )
     # Exporter and saturation guard
     group.add_argument(

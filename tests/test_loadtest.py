@@ -310,15 +310,32 @@ def test_websocket_url_normalizes_host(locust_modules):
 
 
 def test_step_plan_steps(locust_modules):
-    """The step plan climbs by step users per step time, caps at max, then stops."""
-    plan = locust_modules.shape.StepPlan(start=10, step=10, step_time=30, maximum=35, spawn_rate=5)
-    assert plan.levels() == [10, 20, 30, 35]
-    assert plan.duration == 120
+    """The step plan climbs by step users, ramps at the spawn rate, holds each step for the
+    step time after its ramp, caps at max, then stops."""
+    plan = locust_modules.shape.StepPlan.linear(10, 10, 35, step_time=30, spawn_rate=5)
+    assert plan.levels == (10, 20, 30, 35)
+    assert [(s.start, s.ramp_end, s.end) for s in plan.steps()] == [
+        (0, 2, 32), (32, 34, 64), (64, 66, 96), (96, 97, 127)
+    ]
+    assert plan.duration == 127
     assert plan.at(0) == (10, 5)
-    assert plan.at(29.9) == (10, 5)
-    assert plan.at(30) == (20, 5)
-    assert plan.at(95) == (35, 5)
-    assert plan.at(120) is None
+    assert plan.at(31.9) == (10, 5)
+    assert plan.at(32) == (20, 5)
+    assert plan.at(100) == (35, 5)
+    assert plan.at(127) is None
+
+
+def test_step_plan_explicit_levels(locust_modules):
+    """--step-levels gives every step's users; the default spawn rate ramps the largest
+    rise in one second; nonsense is a clear error."""
+    options = SimpleNamespace(step_levels="100,150,300", step_time=10, step_spawn_rate=0)
+    plan = locust_modules.shape.StepPlan.from_options(options)
+    assert plan.levels == (100, 150, 300)
+    assert plan.spawn_rate == 150
+    with pytest.raises(ValueError, match="step-levels"):
+        locust_modules.shape.StepPlan.from_options(
+            SimpleNamespace(**{**vars(options), "step_levels": "100,lots"})
+        )
 
 
 def test_step_plan_defaults_from_options(locust_modules):
@@ -327,7 +344,7 @@ def test_step_plan_defaults_from_options(locust_modules):
         step_users=100, step_start=0, step_max=0, num_users=300, step_time=60, step_spawn_rate=0
     )
     plan = locust_modules.shape.StepPlan.from_options(options)
-    assert plan.levels() == [100, 200, 300]
+    assert plan.levels == (100, 200, 300)
     assert plan.spawn_rate == 100
     with pytest.raises(ValueError):
         locust_modules.shape.StepPlan.from_options(

@@ -20,7 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest.compare import machine, report, runner, scaleout, steps
+from loadtest import cpubudget
+from loadtest.compare import knee, machine, report, runner, scaleout, steps
 from loadtest.compare.profiles import PROFILES, SCENARIOS, Limits, Profile, profile
 from loadtest.serverproc import PROJECT_ROOT
 
@@ -39,16 +40,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="report directory (default reports/<timestamp>)"
     )
     steps = parser.add_argument_group("steps (override the profile)")
-    steps.add_argument("--step-start", type=int, dest="start")
-    steps.add_argument("--step-users", type=int, dest="step")
-    steps.add_argument("--step-max", type=int, dest="maximum")
-    steps.add_argument("--step-time", type=float)
+    steps.add_argument("--step-start", type=int, dest="start", help="users of the first step")
+    steps.add_argument("--growth", type=float, help="users of a step / users of the one before")
+    steps.add_argument("--step-max", type=int, dest="maximum", help="users of the last step")
+    steps.add_argument("--step-time", type=float, help="seconds each step is held after its ramp")
+    steps.add_argument("--spawn-rate", type=float, help="users started per second in a ramp")
+    steps.add_argument(
+        "--precision", type=float, help="narrow until the limit is known within this (0.11)"
+    )
     steps.add_argument("--window", type=float, help="seconds at the end of a step to judge it")
     steps.add_argument("--probe-time", type=float, help="seconds of the unpinned probe; 0: none")
     parser.add_argument("--slo-ms", type=float, default=None, help="p99 SLO (default 500)")
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the server and Locust to CPUs"
     )
+    parser.add_argument(
+        "--server-cpus", default="auto",
+        help="CPU budget of each server in cores, as a container limit (cgroup quota): a "
+        "number, 'none', or 'auto' (default): 0.5 where the machine cannot give Locust more "
+        "CPUs than the server (2 CPUs or fewer), else none",
+    )  # fmt: skip
     parser.add_argument(
         "--locust-arg", action="append", default=[],
         help="extra Locust argument (repeat), e.g. --locust-arg=--room-size=50",
@@ -59,8 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--scale-out", choices=["auto", "on", "off"], default="auto",
-        help="also run the async server on Redis with 1 and N workers (auto: when "
-        "redis-server is installed and the profile is not smoke)",
+        help="also run the async server on Redis with 1 and N workers (auto: with the full "
+        "profile, when redis-server is installed)",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
@@ -76,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         return render(args.render)
     prof = profile(args.profile).with_steps(
         start=args.start,
-        step=args.step,
+        growth=args.growth,
         maximum=args.maximum,
         step_time=args.step_time,
+        spawn_rate=args.spawn_rate,
+        precision=args.precision,
         window=args.window,
         probe_time=args.probe_time,
     )
@@ -89,26 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.reports / stamp
     out.mkdir(parents=True, exist_ok=True)
     pinning = runner.Pinning.choose(not args.no_pin)
+    server_cpus, budget_why = choose_budget(args.server_cpus, pinning)
     options = runner.RunOptions(
-        prof, args.scenario, out, pinning, args.locust_arg, args.server_arg, echo=not args.quiet
-    )
+        prof, args.scenario, out, pinning, args.locust_arg, args.server_arg,
+        server_cpus=server_cpus, echo=not args.quiet,
+    )  # fmt: skip
     about = machine.describe(pinning.as_dict(), PROJECT_ROOT)
     runner.say(
         options,
-        f"profile {prof.name}, scenario {args.scenario}: steps {prof.levels()} users, "
-        f"{prof.step_time:g} s each; servers {', '.join(kinds)}; report in {out}",
+        f"profile {prof.name}, scenario {args.scenario}: climb {prof.levels()} users, "
+        f"{prof.step_time:g} s each, then narrow to {prof.precision:.0%}; "
+        f"servers {', '.join(kinds)}; {pinning.why}; CPU budget: {budget_why}; report in {out}",
     )
     began = time.monotonic()
     runs, probes = {}, {}
     for kind in kinds:
-        runs[kind] = runner.run_server(kind, options)
+        runs[kind] = knee.find_limit(kind, options)
         if prof.probe_time > 0:
-            users = runs[kind]["limit"]["last_ok_users"] or prof.levels()[0]
-            runner.say(options, f"{kind}: unpinned probe, {users} users, {prof.probe_time:g} s")
-            probes[kind] = runner.run_server(
-                kind, options, levels=[users], step_time=prof.probe_time,
-                window=round(prof.probe_time * 2 / 3, 1), pin=False, tag="-probe",
-            )  # fmt: skip
+            probes[kind] = knee.probe(kind, options, runs[kind])
     scale_runs = None
     if _want_scale_out(args.scale_out, prof):
         scale_runs = scaleout.run(options)
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         locust_args=args.locust_arg,
         server_args=args.server_arg,
         scale_out=scale_runs,
+        budget={"cores": server_cpus, "why": budget_why},
     )
     _link_latest(args.reports, out)
     runner.say(options, f"done in {time.monotonic() - began:.0f} s: {out / 'report.html'}")
@@ -135,6 +147,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def choose_budget(choice: str, pinning: runner.Pinning) -> tuple[float | None, str]:
+    """(cores of the servers' CPU budget or None, why), from ``--server-cpus``."""
+    if choice in ("none", "0"):
+        return None, "none (--server-cpus none)"
+    if choice == "auto":
+        if pinning.server_cpu is None:
+            return None, "none (not pinned: the server may use every CPU)"
+        locust_cpus = pinning.locust_processes
+        if locust_cpus > 1:
+            return None, f"none (Locust has {locust_cpus} CPUs, the server 1)"
+        cores = AUTO_BUDGET
+        why = (
+            f"{cores:g} CPU per server, as a container limit would set (auto: this machine "
+            f"can give Locust no more CPUs than the server, {locust_cpus} each)"
+        )
+    else:
+        try:
+            cores = float(choice)
+        except ValueError:
+            raise SystemExit(f"--server-cpus {choice!r}: a number of cores, none or auto") from None
+        why = f"{cores:g} CPU per server (--server-cpus)"
+    unavailable = cpubudget.available()
+    if unavailable:
+        return None, f"none: wanted {cores:g} CPU, but {unavailable}"
+    return cores, why
+
+
+AUTO_BUDGET = 0.5  # cores: half of the server's CPU, leaving Locust twice its share
+
+
 def _want_scale_out(choice: str, prof: Profile) -> bool:
     if choice == "off":
         return False
@@ -142,7 +184,7 @@ def _want_scale_out(choice: str, prof: Profile) -> bool:
         if choice == "on":
             raise SystemExit("--scale-out on needs redis-server and at least 2 CPUs")
         return False
-    return choice == "on" or prof.name != "smoke"
+    return choice == "on" or prof.name == "full"
 
 
 def render(out: Path) -> int:
@@ -171,31 +213,45 @@ def render(out: Path) -> int:
             name: _resummarize(out, run, limits)
             for name, run in ((old.get("scale_out") or {}).get("runs") or {}).items()
         } or None,
+        budget=old.get("budget"),
     )  # fmt: skip
     print(report.headline_markdown(summary["headline"]))
     return 0
 
 
 def _resummarize(out: Path, run: dict, limits: Limits) -> dict:
-    """Recompute a run's step rows from its raw samples (same steps, current code)."""
+    """Recompute a run's step rows from their raw samples (same steps, current code),
+    then its limit: the climb's verdict, narrowed by the narrowing rows."""
     run = {k: v for k, v in run.items() if k not in ("derived", "probe")}
-    path = out / f"{run['name']}-samples.jsonl"
-    if not path.exists():
-        return run
-    samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = ("thread_cpu_seconds", "busiest_thread_share", "locust_p50_ms", "locust_p99_ms")
+    samples: dict[str, list[dict] | None] = {}
+    kept = ("thread_cpu_seconds", "busiest_thread_share", "locust_p50_ms", "locust_p99_ms",
+            "cpu_cores_exact", "wait_to_run_per_s", "voluntary_switches_per_delivery",
+            "involuntary_switches_per_delivery", "throttled_per_s", "ramp_end", "run",
+            "phase")  # fmt: skip
     rows = []
     for old in run["steps"]:
+        name = old.get("run", run["name"])
+        if name not in samples:
+            path = out / f"{name}-samples.jsonl"
+            samples[name] = (
+                [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                if path.exists()
+                else None
+            )
+        if samples[name] is None:
+            rows.append(old)
+            continue
+        window = min(run["window"], old["end"] - old.get("ramp_end", old["start"]))
         row = steps.summarize(
-            old["index"], old["users_target"], old["start"], old["end"], run["window"],
-            samples, limits,
+            old["index"], old["users_target"], old["start"], old["end"], window,
+            samples[name], limits, exited=old.get("server_exited", False),
         )  # fmt: skip
         row.update({k: old[k] for k in kept if k in old})
-        if old["reason"] == "died":
-            row["outcome"], row["reason"] = "limit", "died"
         rows.append(row)
-    finished = len(rows) == len(run["levels"])
-    return {**run, "steps": rows, "limit": steps.verdict(rows, limits, finished)}
+    climb = [r for r in rows if r.get("phase", "climb") == "climb"]
+    finished = len(climb) == len(run["levels"])
+    limit = knee.combine(steps.verdict(climb, limits, finished), rows)
+    return {**run, "steps": rows, "limit": limit}
 
 
 def _link_latest(reports: Path, out: Path) -> None:

@@ -1,4 +1,9 @@
-"""The article's claims (../shared/seed/threads-vs-asyncio-article.md), tested on this run.
+"""The article's claims, tested on this run.
+
+The article is *Concurrency models in Python: threads vs Asyncio*, a blog post
+dated 2023-09-15 (:data:`ARTICLE`). It lists three pros and three cons of
+threads and three pros and two cons of asyncio; each row below restates one of
+them in this project's words.
 
 One row per pro and con of threads and of asyncio. Each row names the
 measurement that tests it and computes its verdict from this run's figures
@@ -10,6 +15,12 @@ support) say so instead of guessing.
 from __future__ import annotations
 
 from loadtest.compare import figures
+
+ARTICLE = {
+    "title": "Concurrency models in Python: threads vs Asyncio",
+    "date": "2023-09-15",
+    "kind": "blog post",
+}
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 MIN_CONNECTIONS_FOR_SLOPE = 10  # below this many connections a per-connection cost is noise
 
 
@@ -55,6 +57,13 @@ def cpu_us_per_delivery(r: dict | None) -> float | None:
     return 1e6 * r["server_cpu_cores"] / r["deliveries_per_s"]
 
 
+def locust_us_per_delivery(r: dict | None) -> float | None:
+    """CPU of all Locust processes per message the server delivered, in µs."""
+    if r is None or not r.get("deliveries_per_s") or r.get("locust_cpu_mean") is None:
+        return None
+    return 1e6 * r["locust_cpu_mean"] / 100 / r["deliveries_per_s"]
+
+
 def derive(run: dict) -> dict:
     """The headline figures of one server run."""
     limit = run["limit"]
@@ -101,7 +110,22 @@ def derive(run: dict) -> dict:
         "seq_failures": sum(r["failures_by_name"].get("seq", 0) for r in run["steps"]),
         "failures": sum(r["failures"] for r in run["steps"]),
         "invalid_steps": sum(1 for r in run["steps"] if r["outcome"] == "invalid"),
+        "locust_processes": run["pinning"].get("locust_processes", 1),
+        "locust_busiest_cpu_peak": max(
+            (r.get("locust_busiest_cpu_mean") or 0 for r in run["steps"]), default=None
+        ),
+        "locust_us_per_delivery": _median(
+            [locust_us_per_delivery(r) for r in valid if (r.get("deliveries_per_s") or 0) >= 1000]
+        ),
+        "server_us_per_delivery": _median(
+            [cpu_us_per_delivery(r) for r in valid if (r.get("deliveries_per_s") or 0) >= 1000]
+        ),
     }
+
+
+def _median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def largest_common_step(a: dict, b: dict) -> tuple[dict, dict] | None:

@@ -40,8 +40,9 @@ PLOTS = {
 
 
 def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
+    """Points of one run in order of ``x_key`` (narrowing steps fall between climb steps)."""
     xs, ys, outcomes = [], [], []
-    for r in run["steps"]:
+    for r in sorted(run["steps"], key=lambda r: r[x_key] if r[x_key] is not None else -1):
         x = r[x_key]
         v = y(r) if callable(y) else r.get(y)
         if x is None or v is None:

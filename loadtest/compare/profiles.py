@@ -27,30 +27,45 @@ class Limits:
 
 @dataclass(frozen=True)
 class Profile:
-    """A stepped load: ``start``, ``start + step``, ... ``maximum`` users, ``step_time`` s each.
+    """How a run finds a server's limit.
 
-    Each step is judged on its last ``window`` seconds (the ramp and settling
-    excluded). ``probe_time`` > 0 adds, per server, a short run with nothing
-    pinned at the last step the server sustained, to see how many cores it uses
-    when it may use them all (the GIL and "true parallelism" claims).
+    The climb: ``start`` users, then ``growth`` times as many at each step, up
+    to ``maximum``; each step ramps at ``spawn_rate`` users/s and is then held
+    ``step_time`` s, judged on the last ``window`` s of the hold. After the first
+    (confirmed) breach, the narrowing probes the geometric middle between the
+    last good users and the breach, each on a freshly started server, until the
+    two are within ``precision`` of each other. ``probe_time`` > 0 adds, per
+    server, a short run with nothing pinned and no CPU budget, at about the load
+    one whole core would carry (the GIL and "true parallelism" claims).
     """
 
     name: str
     start: int
-    step: int
+    growth: float
     maximum: int
     step_time: float
     window: float
+    spawn_rate: float = 500.0
+    precision: float = 0.11
     probe_time: float = 0.0
     limits: Limits = Limits()
 
     def levels(self) -> list[int]:
-        out, users = [], self.start
-        while users < self.maximum:
-            out.append(users)
-            users += self.step
+        """The climb's user counts."""
+        out, users = [], float(self.start)
+        while round_users(users) < self.maximum:
+            out.append(round_users(users))
+            users *= self.growth
         out.append(self.maximum)
         return out
+
+    def narrowed(self, low: int, high: int) -> int | None:
+        """The next user count to probe between a good ``low`` and a breached ``high``,
+        or None once they are within the precision."""
+        if high <= low * (1 + self.precision):
+            return None
+        middle = round_users((low * high) ** 0.5)
+        return middle if low < middle < high else None
 
     def with_steps(self, **changes) -> Profile:
         """A copy with some fields changed (command-line overrides)."""
@@ -61,6 +76,15 @@ class Profile:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "levels": self.levels()}
+
+
+def round_users(users: float) -> int:
+    """A user count rounded to two or three significant figures (50s above 1,000)."""
+    if users >= 1000:
+        return int(round(users / 50) * 50)
+    if users >= 100:
+        return int(round(users / 10) * 10)
+    return max(1, round(users))
 
 
 def default_window(step_time: float) -> float:
@@ -74,17 +98,20 @@ def connection_ceiling() -> int:
 
 
 def profile(name: str) -> Profile:
+    top = connection_ceiling()
     if name == "smoke":  # under a minute for both servers: the test and CI
-        return Profile("smoke", start=20, step=20, maximum=40, step_time=6, window=4)
-    if name == "quick":  # the default: a few minutes, up to several thousand users
         return Profile(
-            "quick", start=750, step=750, maximum=6000, step_time=15, window=10, probe_time=15
+            "smoke", start=20, growth=2, maximum=40, step_time=6, window=4, spawn_rate=40
         )
-    if name == "full":  # long steps, up to what the machine's fd limit allows
-        top = connection_ceiling()
+    if name == "quick":  # the default: about 10 minutes for both servers
         return Profile(
-            "full", start=1000, step=1000, maximum=top, step_time=60, window=40, probe_time=30
+            "quick", start=500, growth=1.5, maximum=top, step_time=15, window=10, probe_time=15
         )
+    if name == "full":  # long steps, finer growth, the knee to within 5 %
+        return Profile(
+            "full", start=500, growth=1.25, maximum=top, step_time=60, window=40,
+            precision=0.05, probe_time=30,
+        )  # fmt: skip
     raise ValueError(f"unknown profile {name!r}: smoke, quick or full")
 
 

@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from loadtest.compare import claims, figures, plots, steps
+from loadtest.compare import claims, diagnosis, figures, knee, plots, steps
 from loadtest.compare.profiles import Profile
 
 KINDS = ("threaded", "async")
@@ -100,12 +100,15 @@ def write(
     server_args: list[str],
     lines: dict | None = None,
     scale_out: dict | None = None,
+    budget: dict | None = None,
 ) -> dict:
     """Compute the derived figures and claims, draw the plots, write summary.json and HTML.
 
     ``scale_out``: the runs of :mod:`loadtest.compare.scaleout` by name, when there were.
+    ``budget``: ``{"cores": servers' CPU budget or None, "why": ...}``.
     """
     derived = {kind: figures.derive(run) for kind, run in runs.items()}
+    why_broke = {kind: diagnosis.explain(run, machine["cpus"]) for kind, run in runs.items()}
     rows = headline(runs, derived)
     lines = lines or source_lines(root)
     table = claims.evaluate(runs, derived, probes, lines) if set(KINDS) <= set(runs) else []
@@ -137,6 +140,11 @@ def write(
         "locust_args": locust_args,
         "server_args": server_args,
         "rules": steps.__doc__,
+        "search": knee.__doc__,
+        "budget": budget or {"cores": None, "why": "none"},
+        "why_broke": why_broke,
+        "diagnosis_rule": diagnosis.RULE,
+        "article": claims.ARTICLE,
         "thresholds": claims.THRESHOLDS,
         "machine": machine,
         "headline": rows,
@@ -194,13 +202,18 @@ def render_html(summary: dict, out: Path) -> str:
         f"<title>twinchat: threaded vs asyncio, {_e(summary['date'])}</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>twinchat: where thread-per-connection and asyncio hit their limits</h1>",
-        f"<p>Scenario <b>{_e(summary['scenario'])}</b>, profile <b>{_e(p['name'])}</b>: steps "
-        f"of {_e(p['levels'])} users, {p['step_time']:g} s each, judged on the last "
-        f"{p['window']:g} s. Same steps, same load for both servers, each started fresh. "
-        f"{_e(m['pinning']['why'])}. Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs "
-        f"({_e(m['cpu_model'])}), {m['memory_bytes'] / 2**30:.0f} GiB.</p>",
+        f"<p>Scenario <b>{_e(summary['scenario'])}</b>, profile <b>{_e(p['name'])}</b>: a "
+        f"climb through {_e(p['levels'])} users ({p['step_time']:g} s held after each ramp "
+        f"at {p['spawn_rate']:g} users/s, judged on the last {p['window']:g} s), stopped at "
+        f"the first confirmed breach, then narrowed on freshly started servers until the "
+        f"limit is known within {p['precision']:.0%}. Same steps, same load for both "
+        f"servers. {_e(m['pinning']['why'])}. Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs "
+        f"({_e(m['cpu_model'])}), {m['memory_bytes'] / 2**30:.0f} GiB, commit "
+        f"{_e((m.get('git_commit') or 'n/a')[:12])}.</p>",
+        _budget_html(summary),
         "<h2>Headline</h2>",
         _headline_html(summary["headline"]),
+        _why_html(summary),
         "<p class='small'>Limit: the first step that broke a rule below. “Last good step”: "
         "the largest valid step within the SLO; deliveries/s, p99 and CPU are read there. "
         "Memory and threads per connection: slope of the server's RSS / thread count over "
@@ -211,13 +224,16 @@ def render_html(summary: dict, out: Path) -> str:
         "<h2>Rules</h2><ul>"
         f"<li>limit when p99 of <code>{_e(summary['latency_name'])}</code> &gt; "
         f"{limits['slo_ms']:g} ms in a step (more than 1 % of receptions slower)</li>"
-        f"<li>limit when failures &gt; {limits['max_failure_ratio']:.0%} of requests, or the "
-        f"server refuses connections (or &gt; {limits['max_connect_failure_ratio']:.0%} of "
-        "connects fail), or the server dies</li>"
+        f"<li>limit when failures &gt; {limits['max_failure_ratio']:.0%} of requests; "
+        "<i>refused</i> when the server refuses connections; <i>unresponsive</i> when it is "
+        f"alive but its /metrics stays silent for {limits['server_silent_s']:g} s or more than "
+        f"{limits['max_connect_failure_ratio']:.0%} of connects fail without a refusal; "
+        "<i>died</i> only when its process exited</li>"
         "<li>a latency or failure breach followed by an ok (bigger) step is <i>transient</i> "
         "(a disturbance, not the limit); two in a row, or one on the last step, make the "
         "limit</li>"
-        f"<li>a step where Locust's CPU averaged &gt; {limits['locust_cpu_saturated']:g} % is "
+        f"<li>a step where the busiest Locust process averaged &gt; "
+        f"{limits['locust_cpu_saturated']:g} % of a core is "
         f"<i>invalid</i>, never the server's limit; {limits['invalid_steps_to_stop']} invalid "
         "steps in a row end the run (“load generator saturated”)</li></ul>",
     ]
@@ -240,9 +256,9 @@ def render_html(summary: dict, out: Path) -> str:
     if summary["claims"]:
         parts.append("<h2>The article's claims, tested by this run</h2>")
         parts.append(
-            "<p class='small'>From <i>Concurrency models in Python: threads vs Asyncio</i> "
-            "(../shared/seed/threads-vs-asyncio-article.md). Each verdict is computed from the "
-            "figures of this run with the rule shown; thresholds: "
+            f"<p class='small'>From <i>{_e(summary['article']['title'])}</i> "
+            f"({_e(summary['article']['date'])}), in this project's words. Each verdict is "
+            "computed from the figures of this run with the rule shown; thresholds: "
             + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
             + ".</p>"
         )
@@ -294,6 +310,56 @@ def render_html(summary: dict, out: Path) -> str:
     return "\n".join(parts)
 
 
+def _budget_html(summary: dict) -> str:
+    """The CPU budget and the load generator: what each cost per delivered message."""
+    budget = summary.get("budget") or {}
+    servers = summary["servers"]
+    costs = []
+    for kind, server in servers.items():
+        d = server["derived"]
+        costs.append(
+            f"{_e(kind)} run: Locust {_n(d.get('locust_us_per_delivery'), '{:.1f}')} µs, the "
+            f"server {_n(d.get('server_us_per_delivery'), '{:.1f}')} µs of CPU per delivered "
+            f"message (medians over its valid steps); {_e(d.get('locust_processes'))} Locust "
+            f"process(es), busiest at {_n(d.get('locust_busiest_cpu_peak'), '{:.0f}')} % of a "
+            "core at most"
+        )
+    head = (
+        f"<b>Server CPU budget: {_e(budget.get('cores') or 'none')}"
+        f"{' CPU' if budget.get('cores') else ''}</b> — {_e(budget.get('why', ''))}."
+    )
+    why = ""
+    if budget.get("cores"):
+        why = (
+            " A load generator that spends more CPU per message than the server cannot push "
+            "the server to its limit on an equal share of the machine, and a knee found at "
+            "parity is a coin toss. Both servers get the same quota, as a container limit "
+            "(<code>docker run --cpus</code>) sets one; Locust keeps a whole CPU. What this "
+            "run measured:"
+        )
+    return f"<p>{head}{why}</p><ul>" + "".join(f"<li>{c}</li>" for c in costs) + "</ul>"
+
+
+def _why_html(summary: dict) -> str:
+    """Why each server broke, in words, from its own figures."""
+    items = []
+    for why in (summary.get("why_broke") or {}).values():
+        if not why.get("text"):
+            continue
+        reading = f" <b>Reading: {_e(why['reading'])}.</b>" if why.get("reading") else ""
+        items.append(f"<li>{_e(why['text'])}{reading}</li>")
+    if not items:
+        return ""
+    return (
+        "<h2>Why each server broke</h2><ul>" + "".join(items) + "</ul>"
+        f"<p class='small'>Rule: {_e(summary.get('diagnosis_rule', ''))}. CPU is the sum "
+        "of the server's threads' time on a CPU (<code>/proc/PID/task/*/schedstat</code>), "
+        "waiting to run is the second field of the same file, context switches from "
+        "<code>/proc/PID/task/*/status</code>, all read from outside the server over the "
+        "judged window.</p>"
+    )
+
+
 def _headline_html(rows: list[dict]) -> str:
     body = []
     for r in rows:
@@ -321,12 +387,16 @@ def _steps_html(rows: list[dict]) -> str:
     body, classes = [], []
     for r in rows:
         body.append([
-            _e(r["users_target"]), _e(_n(r["connections"])),
+            _e(r.get("phase", "")), _e(r["users_target"]), _e(_n(r["connections"])),
             _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
             _e(_n(r["server_fanout_p99_ms"], "{:,.1f}")),
             _e(_n(r["loop_lag_p99_ms"], "{:,.1f}")),
             _e(_n(r["deliveries_per_s"])),
             _e(_n(r["server_cpu_cores"], "{:.2f}")),
+            _e(_n(r.get("cpu_cores_exact"), "{:.2f}")),
+            _e(_n(r.get("throttled_per_s"), "{:.2f}")),
+            _e(_n(r.get("wait_to_run_per_s"), "{:.2f}")),
+            _e(_n(r.get("involuntary_switches_per_delivery"), "{:.3f}")),
             _e(_n(r["locust_cpu_mean"], "{:.0f}")),
             _e(_n(r.get("other_cpu_cores"), "{:.2f}")),
             _e(_n(r.get("busiest_thread_share"), "{:.0%}")),
@@ -340,8 +410,10 @@ def _steps_html(rows: list[dict]) -> str:
             {"invalid": "invalid", "limit": "limit", "transient": "invalid"}.get(r["outcome"], "")
         )
     return _table(
-        ["users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms", "loop lag p99 ms",
-         "deliveries/s", "server CPU", "Locust CPU %", "other processes CPU",
+        ["phase", "users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms",
+         "loop lag p99 ms", "deliveries/s", "server CPU (own counter)",
+         "server CPU (threads, exact)", "throttled s/s", "waiting to run s/s",
+         "involuntary switches / delivery", "Locust CPU %", "other processes CPU",
          "busiest server thread", "RSS MiB", "threads", "fds",
          "failures %", "disconnects", "outcome"],
         body, classes,

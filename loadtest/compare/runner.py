@@ -1,15 +1,20 @@
-"""Run one server under the stepped Locust load and reduce the run to step rows.
+"""Run one server under a stepped Locust load and reduce the run to step rows.
 
-For each server: start it fresh (``loadtest.serverproc.start_server``), start
-Locust headless with the project's locustfile and step shape, take one sample
-per second (:class:`~loadtest.compare.sampler.Sampler`), judge each step when
-it ends (:mod:`loadtest.compare.steps`) and stop at the server's limit. Where
-``taskset`` exists and there are at least 2 CPUs, the server runs on CPU 0 and
-Locust on the others, so that neither steals the other's core.
+:func:`run_server` starts the server fresh (``loadtest.serverproc.start_server``),
+inside a CPU budget when the run has one (:mod:`loadtest.cpubudget`), starts
+Locust headless with the project's locustfile and a :class:`~loadtest.shape.StepPlan`
+(``--step-levels``), takes one sample per second
+(:class:`~loadtest.compare.sampler.Sampler`), reads the server's threads from
+``/proc`` at the start and the end of each step's judged window, judges each
+step when it ends (:mod:`loadtest.compare.steps`) and stops at the server's
+limit. Where ``taskset`` exists and there are at least 2 CPUs, the server runs
+on CPU 0 and Locust on the others, one Locust process per CPU
+(``--processes``), so that neither steals the other's cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -20,10 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from loadtest.compare import prom, sampler, steps
 from loadtest.compare.profiles import LATENCY_NAME, Profile
+from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command
 from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
+from loadtest.shape import StepPlan
 
 STARTUP_GRACE = 30.0  # seconds for Locust to start before the run is abandoned
 STOP_GRACE = 30.0  # seconds for Locust to stop its users and write its CSVs
@@ -31,26 +40,41 @@ STOP_GRACE = 30.0  # seconds for Locust to stop its users and write its CSVs
 
 @dataclass
 class Pinning:
-    """Which CPUs the server and Locust run on (``None``: not pinned)."""
+    """Which CPUs the server and Locust run on (``None``: not pinned), and how many
+    Locust processes run (one per CPU it is given)."""
 
     server_cpu: int | None
     locust_cpus: str | None
+    locust_processes: int
     why: str
 
     @classmethod
     def choose(cls, wanted: bool) -> Pinning:
         cpus = os.cpu_count() or 1
+        processes = max(1, cpus - 1)
         if not wanted:
-            return cls(None, None, "pinning disabled (PIN=0)")
+            return cls(None, None, processes, "pinning disabled (--no-pin)")
         if cpus < 2:
-            return cls(None, None, f"not pinned: {cpus} CPU")
+            return cls(None, None, 1, f"not pinned: {cpus} CPU")
         if shutil.which("taskset") is None:
-            return cls(None, None, "not pinned: taskset not found")
+            return cls(None, None, processes, "not pinned: taskset not found")
         rest = "1" if cpus == 2 else f"1-{cpus - 1}"
-        return cls(0, rest, f"server on CPU 0, Locust on CPU {rest} (taskset)")
+        return cls(
+            0, rest, processes,
+            f"server on CPU 0, {processes} Locust process{'es' if processes > 1 else ''} "
+            f"on CPU {rest} (taskset)",
+        )  # fmt: skip
+
+    def unpinned(self) -> Pinning:
+        return Pinning(None, None, self.locust_processes, "nothing pinned (probe)")
 
     def as_dict(self) -> dict:
-        return {"server_cpu": self.server_cpu, "locust_cpus": self.locust_cpus, "why": self.why}
+        return {
+            "server_cpu": self.server_cpu,
+            "locust_cpus": self.locust_cpus,
+            "locust_processes": self.locust_processes,
+            "why": self.why,
+        }
 
 
 @dataclass
@@ -61,6 +85,7 @@ class RunOptions:
     pinning: Pinning
     locust_args: list[str] = field(default_factory=list)
     server_args: list[str] = field(default_factory=list)
+    server_cpus: float | None = None  # the servers' CPU budget in cores (None: no budget)
     progress_every: float = 5.0
     echo: bool = True
 
@@ -82,210 +107,327 @@ def run_server(
     step_time: float | None = None,
     window: float | None = None,
     pin: bool = True,
+    budget: bool = True,
     tag: str = "",
     server_args: list[str] | None = None,
     workers: int = 1,
 ) -> dict:
     """Run ``kind`` through the step plan; return its step rows, limit and raw-file names.
 
+    ``levels`` default to the profile's climb; ``pin=False`` runs nothing
+    pinned and ``budget=False`` without the CPU budget (the unpinned probe).
     ``server_args`` are added to the options' server arguments; with
     ``workers`` > 1 the server runs that many processes (``--workers``) and
     their metrics (ports ``metrics_port + i``) are summed.
     """
     profile = options.profile
-    levels = levels or profile.levels()
-    step_time = step_time or profile.step_time
+    plan = StepPlan(
+        tuple(levels or profile.levels()), step_time or profile.step_time, profile.spawn_rate
+    )
     window = window or profile.window
     name = f"{kind}{tag}"
     out = options.out_dir
-    pinning = options.pinning if pin else Pinning(None, None, "not pinned (probe)")
+    pinning = options.pinning if pin else options.pinning.unpinned()
+    cpu_budget = None
+    if budget and options.server_cpus:
+        cpu_budget = CpuBudget.create(options.server_cpus, f"twinchat-{name}")
 
     extra = [*options.server_args, *(server_args or [])]
     if workers > 1:
         extra += ["--workers", str(workers)]
-    server = start_server(
-        kind,
-        *extra,
-        log_path=out / f"{name}-server.log",
-        cpu=pinning.server_cpu,
-    )
+    try:
+        server = start_server(
+            kind,
+            *extra,
+            log_path=out / f"{name}-server.log",
+            cpu=pinning.server_cpu,
+            preexec_fn=cpu_budget.enter if cpu_budget else None,
+        )
+    except Exception:
+        if cpu_budget:
+            cpu_budget.remove()
+        raise
     metrics_urls = [
         f"http://{server.host}:{server.metrics_port + i}/metrics" for i in range(workers)
     ]
     exporter_port = free_port()
-    step = levels[1] - levels[0] if len(levels) > 1 else levels[0]
     command = locust_command(
         server.url,
         "--headless",
         "--only-summary",
         "--scenario", options.scenario,
-        "--step-start", str(levels[0]),
-        "--step-users", str(step),
-        "--step-max", str(levels[-1]),
-        "--step-time", str(step_time),
+        "--step-levels", ",".join(str(n) for n in plan.levels),
+        "--step-time", str(plan.step_time),
+        "--step-spawn-rate", str(plan.spawn_rate),
         "--csv", str(out / f"{name}-locust"),
         "--csv-full-history",
         "--exporter-port", str(exporter_port),
+        *(["--processes", str(pinning.locust_processes)] if pinning.locust_processes > 1 else []),
         *options.locust_args,
     )  # fmt: skip
     if pinning.locust_cpus is not None:
         command = ["taskset", "-c", pinning.locust_cpus, *command]
 
+    drive = StepDriver(name, options, server, plan, window, pinning, cpu_budget)
     try:
-        return _drive(kind, name, options, server, metrics_urls, command, exporter_port, levels,
-                      step_time, window, pinning)  # fmt: skip
+        result = drive.run(metrics_urls, command, exporter_port)
     finally:
         server.stop()  # idempotent: already stopped on the normal path
-
-
-def _drive(kind, name, options, server, metrics_urls, command, exporter_port, levels, step_time,
-           window, pinning) -> dict:  # fmt: skip
-    """Start Locust against the running ``server``, sample, judge, stop; return the run."""
-    out = options.out_dir
-    sample_file = open(out / f"{name}-samples.jsonl", "w")  # noqa: SIM115
-    sam = sampler.Sampler(
-        metrics_urls, f"http://127.0.0.1:{exporter_port}/metrics", options.latency_name
-    )
-    samples: list[dict] = []
-
-    def take() -> dict:
-        sample = sam.sample()
-        samples.append(sample)
-        sample_file.write(json.dumps(sample) + "\n")
-        return sample
-
-    baseline = take()
-    thread_marks = [sampler.thread_times(server.pid)]
-    locust_log = open(out / f"{name}-locust.log", "wb")  # noqa: SIM115
-    try:
-        locust = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, stdout=locust_log, stderr=subprocess.STDOUT
-        )
-    except OSError:
-        locust_log.close()
-        sample_file.close()
-        raise
-    sam.watch_locust(locust.pid)
-    say(options, f"{name}: server pid {server.pid}, Locust pid {locust.pid}; {pinning.why}")
-
-    rows: list[dict] = []
-    t0: float | None = None
-
-    def judge(index: int, end: float | None = None) -> None:
-        """Reduce step ``index`` to a row (cut at ``end`` if it ended early) and print it."""
-        start = t0 + index * step_time
-        end = start + step_time if end is None else min(end, start + step_time)
-        row = steps.summarize(
-            index, levels[index], start, end, window, samples, options.profile.limits
-        )
-        mark = sampler.thread_times(server.pid)
-        busiest = sampler.busiest_thread(mark, thread_marks[-1])
-        row["thread_cpu_seconds"] = busiest["cpu_seconds"]
-        row["busiest_thread_share"] = busiest["busiest_share"]
-        thread_marks.append(mark)
-        rows.append(row)
-        _step_line(options, row, len(levels))
-
-    started = time.time()
-    deadline = started + STARTUP_GRACE + len(levels) * step_time + 15
-    next_progress = 0.0
-    stop_reason = "max step"
-    try:
-        while True:
-            sample = take()
-            now = sample["t"]
-            users = steps._get(sample, "locust", "users")
-            if t0 is None and users:
-                t0 = now - 0.1  # polled every 0.2 s until here: the shape's start
-            if t0 is None:
-                if locust.poll() is not None or now - started > STARTUP_GRACE:
-                    stop_reason = "Locust did not start"
-                    break
-                time.sleep(0.2)
-                continue
-            # Judge every step that has ended (1 s of slack so its last sample is in).
-            while len(rows) < len(levels) and now >= t0 + (len(rows) + 1) * step_time + 1.0:
-                judge(len(rows))
-            server_gone = server.proc.poll() is not None
-            if server_gone:
-                stop_reason = f"server exited with {server.proc.returncode}"
-                if len(rows) < len(levels):  # the step it died in, cut short
-                    judge(len(rows), end=now)
-                    rows[-1]["outcome"], rows[-1]["reason"] = "limit", "died"
-                break
-            if steps.should_stop(rows, options.profile.limits):
-                stop_reason = next(
-                    (r["reason"] for r in rows if r["outcome"] == "limit"), rows[-1]["reason"]
-                )
-                break
-            if len(rows) == len(levels):
-                break
-            if locust.poll() is not None:
-                # The shape ends Locust at the end of its last step: judge what is left.
-                while len(rows) < len(levels) and now > t0 + len(rows) * step_time + window / 2:
-                    judge(len(rows), end=now)
-                stop_reason = f"Locust exited with {locust.returncode}"
-                break
-            if now > deadline:
-                stop_reason = "deadline"
-                break
-            if now >= next_progress:
-                next_progress = now + options.progress_every
-                _progress(options, name, t0, step_time, levels, samples)
-            time.sleep(max(0.0, 1.0 - (time.time() - now)))
-    finally:
-        locust_exit = _stop(locust)
-        server_exit = server.stop()
-        locust_log.close()
-        sample_file.close()
-
-    _add_locust_percentiles(rows, out / f"{name}-locust_stats_history.csv", options.latency_name)
-    finished = len(rows) == len(levels)
-    limit = steps.verdict(rows, options.profile.limits, finished)
-    say(options, f"{name}: {_limit_text(limit)} (stopped: {stop_reason})")
+        if cpu_budget:
+            cpu_budget.remove()
     return {
         "kind": kind,
         "name": name,
-        "levels": levels,
-        "step_time": step_time,
+        "levels": list(plan.levels),
+        "step_time": plan.step_time,
+        "spawn_rate": plan.spawn_rate,
         "window": window,
         "pinning": pinning.as_dict(),
-        "baseline": baseline["server"],
-        "steps": rows,
-        "limit": limit,
-        "stop_reason": stop_reason,
-        "locust_exit": locust_exit,
-        "server_exit": server_exit,
-        "server_log_tail": server.log_tail(2000) if server_exit not in (0, -15) else "",
-        "files": sorted(p.name for p in out.glob(f"{name}-*")),
+        "server_cpus": cpu_budget.cores if cpu_budget else None,
+        **result,
     }
+
+
+@dataclass
+class Mark:
+    """The server's threads (and its CPU budget's throttling) at one moment."""
+
+    t: float
+    tasks: dict | None
+    throttled: tuple[int, float] | None
+
+
+class StepDriver:
+    """Drives one Locust run against a running server: samples, marks, judges, stops."""
+
+    def __init__(self, name, options, server, plan: StepPlan, window, pinning, cpu_budget) -> None:
+        self.name = name
+        self.pinning = pinning
+        self.options = options
+        self.server = server
+        self.plan = plan
+        self.steps = plan.steps()
+        self.window = window
+        self.cpu_budget = cpu_budget
+        self.samples: list[dict] = []
+        self.rows: list[dict] = []
+        self.marks: dict[tuple[int, str], Mark] = {}  # (step, "from" | "to")
+        self.t0: float | None = None
+
+    # -- measuring -------------------------------------------------------------
+
+    def mark(self) -> Mark:
+        tasks: dict = {}
+        for pid in _process_tree(self.server.pid):
+            tasks.update({(pid, tid): v for tid, v in (sampler.task_times(pid) or {}).items()})
+        throttled = self.cpu_budget.throttled() if self.cpu_budget else None
+        return Mark(time.time(), tasks or None, throttled)
+
+    def _due_marks(self, now: float) -> None:
+        """Mark the start and the end of each step's judged window as it passes."""
+        for step in self.steps:
+            start = self.t0 + max(step.ramp_end, step.end - self.window)
+            for when, key in ((start, "from"), (self.t0 + step.end, "to")):
+                if now >= when and (step.index, key) not in self.marks:
+                    self.marks[step.index, key] = self.mark()
+
+    def judge(self, index: int, end: float | None = None, exited: bool = False) -> None:
+        """Reduce step ``index`` to a row (cut at ``end`` if it ended early) and print it."""
+        step = self.steps[index]
+        start, planned_end = self.t0 + step.start, self.t0 + step.end
+        end = planned_end if end is None else min(end, planned_end)
+        window = min(self.window, max(0.0, end - (self.t0 + step.ramp_end)))
+        row = steps.summarize(
+            index, step.users, start, end, window or self.window, self.samples,
+            self.options.profile.limits, exited=exited,
+        )  # fmt: skip
+        row["ramp_end"] = self.t0 + step.ramp_end
+        row["run"] = self.name  # the raw samples are in <run>-samples.jsonl
+        row.update(evidence(self.marks.get((index, "from")), self.marks.get((index, "to")), row))
+        self.rows.append(row)
+        _step_line(self.options, row, len(self.steps))
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(self, metrics_urls: list[str], command: list[str], exporter_port: int) -> dict:
+        out = self.options.out_dir
+        sample_file = open(out / f"{self.name}-samples.jsonl", "w")  # noqa: SIM115
+        sam = sampler.Sampler(
+            metrics_urls, f"http://127.0.0.1:{exporter_port}/metrics", self.options.latency_name
+        )
+
+        def take() -> dict:
+            sample = sam.sample()
+            self.samples.append(sample)
+            sample_file.write(json.dumps(sample) + "\n")
+            return sample
+
+        baseline = take()
+        locust_log = open(out / f"{self.name}-locust.log", "wb")  # noqa: SIM115
+        try:
+            locust = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, stdout=locust_log, stderr=subprocess.STDOUT
+            )
+        except OSError:
+            locust_log.close()
+            sample_file.close()
+            raise
+        sam.watch_locust(locust.pid)
+        budget = f"; server CPU budget {self.cpu_budget.describe()}" if self.cpu_budget else ""
+        say(
+            self.options,
+            f"{self.name}: server pid {self.server.pid}, Locust pid {locust.pid}; "
+            f"{self.pinning.why}{budget}",
+        )
+        try:
+            stop_reason = self._loop(locust, take)
+        finally:
+            locust_exit = _stop(locust)
+            server_exit = self.server.stop()
+            locust_log.close()
+            sample_file.close()
+
+        _add_locust_percentiles(
+            self.rows, out / f"{self.name}-locust_stats_history.csv", self.options.latency_name
+        )
+        finished = len(self.rows) == len(self.steps)
+        limit = steps.verdict(self.rows, self.options.profile.limits, finished)
+        say(self.options, f"{self.name}: {_limit_text(limit)} (stopped: {stop_reason})")
+        return {
+            "baseline": baseline["server"],
+            "steps": self.rows,
+            "limit": limit,
+            "stop_reason": stop_reason,
+            "locust_exit": locust_exit,
+            "server_exit": server_exit,
+            "server_log_tail": (self.server.log_tail(2000) if server_exit not in (0, -15) else ""),
+            "locust_failures": _locust_failures(out / f"{self.name}-locust_failures.csv"),
+            "files": sorted(p.name for p in out.glob(f"{self.name}-*")),
+        }
+
+    def _loop(self, locust: subprocess.Popen, take) -> str:
+        """Sample once a second until the plan ends or the rows decide the run."""
+        limits = self.options.profile.limits
+        count = len(self.steps)
+        started = time.time()
+        deadline = started + STARTUP_GRACE + self.plan.duration + 15
+        next_progress = 0.0
+        while True:
+            sample = take()
+            now = sample["t"]
+            if self.t0 is None:
+                if steps._get(sample, "locust", "users"):
+                    self.t0 = now - 0.1  # polled every 0.2 s until here: the shape's start
+                elif locust.poll() is not None or now - started > STARTUP_GRACE:
+                    return "Locust did not start"
+                else:
+                    time.sleep(0.2)
+                    continue
+            self._due_marks(now)
+            # Judge every step that has ended (1 s of slack so that its last sample is in).
+            while len(self.rows) < count and now >= self.t0 + self.steps[len(self.rows)].end + 1:
+                self.judge(len(self.rows))
+            if self.server.proc.poll() is not None:
+                if len(self.rows) < count:  # the step it died in, cut short
+                    self.marks.setdefault((len(self.rows), "to"), self.mark())
+                    self.judge(len(self.rows), end=now, exited=True)
+                return f"server exited with {self.server.proc.returncode}"
+            if steps.should_stop(self.rows, limits):
+                return next(
+                    (r["reason"] for r in self.rows if r["outcome"] == "limit"),
+                    self.rows[-1]["reason"],
+                )
+            if len(self.rows) == count:
+                return "last step done"
+            if locust.poll() is not None:
+                # The shape ends Locust at the end of its last step: judge what is left.
+                while (
+                    len(self.rows) < count
+                    and now > self.t0 + self.steps[len(self.rows)].ramp_end + self.window / 2
+                ):
+                    self.marks.setdefault((len(self.rows), "to"), self.mark())
+                    self.judge(len(self.rows), end=now)
+                return f"Locust exited with {locust.returncode}"
+            if now > deadline:
+                return "deadline"
+            if now >= next_progress:
+                next_progress = now + self.options.progress_every
+                self._progress()
+            time.sleep(max(0.0, 1.0 - (time.time() - now)))
+
+    def _progress(self) -> None:
+        """One line: server, step, users, p99 and deliveries/s over the last few seconds."""
+        options, samples = self.options, self.samples
+        last = samples[-1]
+        earlier = steps.at(samples, last["t"] - options.progress_every)
+        latency = prom.delta(
+            steps._get(last, "locust", "latency"), steps._get(earlier, "locust", "latency")
+        )
+        p99 = prom.quantile(0.99, latency)
+        deliveries = steps._rate(earlier, last, "delivered")
+        cpu = steps._rate(earlier, last, "cpu_seconds")
+        elapsed = last["t"] - self.t0
+        index = next((s.index for s in self.steps if elapsed < s.end), len(self.steps) - 1)
+        users = steps._get(last, "locust", "users")
+        budget = f"/{self.cpu_budget.cores:g}" if self.cpu_budget else ""
+        say(
+            options,
+            f"{self.name:<9} step {index + 1}/{len(self.steps)}  users {_num(users)}"
+            f"  conns {_num(steps._get(last, 'server', 'connections'))}"
+            f"  p99 {options.latency_name} {_ms(p99)}"
+            f"  deliveries/s {_num(deliveries)}"
+            f"  server CPU {_cores(cpu)}{budget}  Locust CPU {_num(last.get('locust_cpu'))}%",
+        )
+
+
+def evidence(first: Mark | None, last: Mark | None, row: dict) -> dict:
+    """Why a step went as it did, from two marks of the server's threads: exact CPU,
+    time spent waiting to run, context switches per delivery, throttling, busiest thread."""
+    out = {
+        "thread_cpu_seconds": None, "busiest_thread_share": None, "cpu_cores_exact": None,
+        "wait_to_run_per_s": None, "voluntary_switches_per_delivery": None,
+        "involuntary_switches_per_delivery": None, "throttled_per_s": None,
+    }  # fmt: skip
+    if first is None or last is None or last.t <= first.t:
+        return out
+    seconds = last.t - first.t
+    delta = sampler.task_delta(last.tasks, first.tasks)
+    out["thread_cpu_seconds"] = delta["cpu_seconds"]
+    out["busiest_thread_share"] = delta["busiest_share"]
+    if delta["cpu_seconds"] is not None:
+        out["cpu_cores_exact"] = delta["cpu_seconds"] / seconds
+        out["wait_to_run_per_s"] = delta["wait_seconds"] / seconds
+        deliveries = (row.get("deliveries_per_s") or 0) * seconds
+        if deliveries > 0:
+            out["voluntary_switches_per_delivery"] = delta["voluntary"] / deliveries
+            out["involuntary_switches_per_delivery"] = delta["involuntary"] / deliveries
+    if first.throttled and last.throttled:
+        out["throttled_per_s"] = (last.throttled[1] - first.throttled[1]) / seconds
+    return out
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of a ``--workers`` server)."""
+    with contextlib.suppress(psutil.Error):
+        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    return [pid]
+
+
+def _locust_failures(path: Path) -> list[dict]:
+    """Locust's failure table (name, error, occurrences), most frequent first."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        rows = [
+            {"name": r["Name"], "error": r["Error"], "occurrences": int(r["Occurrences"])}
+            for r in csv.DictReader(handle)
+        ]
+    return sorted(rows, key=lambda r: -r["occurrences"])[:10]
 
 
 def _stop(locust: subprocess.Popen) -> int:
     """SIGTERM Locust (it stops its users and writes its CSVs); kill it if it hangs."""
     return stop_process(locust, signal.SIGTERM, STOP_GRACE)
-
-
-def _progress(options, name, t0, step_time, levels, samples) -> None:
-    """One line: server, step, users, p99 and deliveries/s over the last few seconds."""
-    last = samples[-1]
-    earlier = steps.at(samples, last["t"] - options.progress_every)
-    latency = prom.delta(
-        steps._get(last, "locust", "latency"), steps._get(earlier, "locust", "latency")
-    )
-    p99 = prom.quantile(0.99, latency)
-    deliveries = steps._rate(earlier, last, "delivered")
-    cpu = steps._rate(earlier, last, "cpu_seconds")
-    index = min(int((last["t"] - t0) // step_time), len(levels) - 1)
-    users = steps._get(last, "locust", "users")
-    say(
-        options,
-        f"{name:<9} step {index + 1}/{len(levels)}  users {_num(users)}"
-        f"  conns {_num(steps._get(last, 'server', 'connections'))}"
-        f"  p99 {options.latency_name} {_ms(p99)}"
-        f"  deliveries/s {_num(deliveries)}"
-        f"  server CPU {_cores(cpu)}  Locust CPU {_num(last.get('locust_cpu'))}%",
-    )
 
 
 def _step_line(options, row, count) -> None:

@@ -11,12 +11,15 @@ A sample is a plain dict (one JSON line in ``<server>-samples.jsonl``):
   response-time buckets of the scenario latency, its own CPU gauge);
 - ``locust_cpu``: CPU % of the Locust process tree, measured here with psutil
   (one core = 100), so saturation is seen even without the exporter;
+  ``locust_cpu_busiest``: CPU % of its busiest process (with ``--processes``
+  each process is one core's worth at most);
 - ``machine_cpu``: CPU % of the whole machine (all cores = 100).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -75,34 +78,40 @@ def locust_view(flat: dict | None, latency_name: str) -> dict | None:
 
 
 class ProcessCpu:
-    """CPU % of a process and its children between two calls (one core = 100)."""
+    """CPU % of a process and of each of its children between two calls (one core = 100)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self._last: tuple[float, float] | None = None
+        self._last: tuple[float, dict[int, float]] | None = None
 
-    def _cpu_seconds(self) -> float | None:
+    def _cpu_seconds(self) -> dict[int, float] | None:
         try:
             root = psutil.Process(self.pid)
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                try:
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-                except psutil.Error:
-                    pass
-            return total
+            procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return None
+        out = {}
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                out[proc.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        return out
 
-    def percent(self) -> float | None:
+    def percents(self) -> dict[int, float] | None:
+        """CPU % of each process of the tree since the last call (None on the first)."""
         now, seconds = time.monotonic(), self._cpu_seconds()
         if seconds is None:
             return None
         last, self._last = self._last, (now, seconds)
         if last is None or now <= last[0]:
             return None
-        return 100.0 * (seconds - last[1]) / (now - last[0])
+        elapsed = now - last[0]
+        return {
+            pid: 100.0 * max(0.0, used - last[1].get(pid, used)) / elapsed
+            for pid, used in seconds.items()
+        }
 
 
 class Sampler:
@@ -118,50 +127,87 @@ class Sampler:
 
     def watch_locust(self, pid: int) -> None:
         self.locust_cpu = ProcessCpu(pid)
-        self.locust_cpu.percent()
+        self.locust_cpu.percents()
 
     def sample(self) -> dict:
         t = time.time()
         server = server_view(prom.scrape_all(self.metrics_urls))
         server_t = time.time()  # a busy server answers late: its rates use this time
         locust = locust_view(prom.scrape(self.exporter_url), self.latency_name)
+        per_process = self.locust_cpu.percents() if self.locust_cpu else None
         return {
             "t": t,
             "server_t": server_t,
             "server": server,
             "locust": locust,
-            "locust_cpu": self.locust_cpu.percent() if self.locust_cpu else None,
+            # all Locust processes together, and the busiest one (what saturates first)
+            "locust_cpu": sum(per_process.values()) if per_process else None,
+            "locust_cpu_busiest": max(per_process.values()) if per_process else None,
             "machine_cpu": psutil.cpu_percent(None),
         }
 
 
-def thread_times(pid: int) -> dict[int, float] | None:
-    """CPU seconds of each thread of a process, by thread id.
+@dataclass(frozen=True)
+class TaskTimes:
+    """Per-thread scheduler figures of one thread (cumulative since it started)."""
 
-    Read from ``/proc/PID/task/TID/schedstat`` (nanoseconds on the CPU, exact),
-    not from the tick-sampled ``stat`` times, which charge thousands of briefly
-    running threads nothing at all. Read once per step, not every second.
+    cpu: float  # seconds on a CPU (schedstat field 1, exact)
+    wait: float  # seconds runnable but waiting for a CPU (schedstat field 2)
+    voluntary: int  # context switches: the thread blocked (I/O, a lock, the GIL)
+    involuntary: int  # context switches: the scheduler took the CPU away
+
+
+def task_times(pid: int) -> dict[int, TaskTimes] | None:
+    """:class:`TaskTimes` of every thread of a process, by thread id.
+
+    Read from ``/proc/PID/task/TID/schedstat`` and ``.../status``, not from the
+    tick-sampled ``stat`` times, which charge thousands of briefly running
+    threads nothing at all. Costs two small reads per thread: read it a few
+    times per step, not every second.
     """
     tasks = Path(f"/proc/{pid}/task")
     if not tasks.is_dir():
         return None
-    out: dict[int, float] = {}
+    out: dict[int, TaskTimes] = {}
     for task in tasks.iterdir():
         try:
-            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
+            run, wait, _slices = (task / "schedstat").read_text().split()
+            status = (task / "status").read_text()
+            out[int(task.name)] = TaskTimes(
+                int(run) / 1e9, int(wait) / 1e9, _field(status, "voluntary_ctxt_switches:"),
+                _field(status, "nonvoluntary_ctxt_switches:"),
+            )  # fmt: skip
+        except (OSError, ValueError):
             continue  # the thread ended meanwhile
     return out or None
 
 
-def busiest_thread(later: dict[int, float] | None, earlier: dict[int, float] | None) -> dict:
-    """Between two :func:`thread_times`: CPU seconds used and the busiest thread's share."""
+def _field(status: str, name: str) -> int:
+    start = status.index(name) + len(name)
+    return int(status[start : status.index("\n", start)])
+
+
+def task_delta(later: dict[int, TaskTimes] | None, earlier: dict[int, TaskTimes] | None) -> dict:
+    """What the threads did between two :func:`task_times`: CPU and waiting seconds,
+    context switches, and the busiest thread's share of the CPU time. Threads that
+    ended in between are not counted (their last figures are gone with them)."""
     if not later:
-        return {"cpu_seconds": None, "busiest_share": None}
+        return {"cpu_seconds": None, "wait_seconds": None, "voluntary": None,
+                "involuntary": None, "busiest_share": None}  # fmt: skip
     before = earlier or {}
-    used = [max(0.0, seconds - before.get(tid, 0.0)) for tid, seconds in later.items()]
+    zero = TaskTimes(0.0, 0.0, 0, 0)
+    used, wait, vol, invol = [], 0.0, 0, 0
+    for tid, now in later.items():
+        was = before.get(tid, zero)
+        used.append(max(0.0, now.cpu - was.cpu))
+        wait += max(0.0, now.wait - was.wait)
+        vol += max(0, now.voluntary - was.voluntary)
+        invol += max(0, now.involuntary - was.involuntary)
     total = sum(used)
     return {
         "cpu_seconds": total,
+        "wait_seconds": wait,
+        "voluntary": vol,
+        "involuntary": invol,
         "busiest_share": max(used) / total if total > 0 else None,
     }

@@ -43,6 +43,7 @@ def run(options: runner.RunOptions) -> dict:
                     "async",
                     options,
                     pin=False,
+                    budget=False,
                     tag=f"-redis-{workers}w",
                     server_args=["--broker", redis.url],
                     workers=workers,

@@ -6,24 +6,32 @@ excluded); failures, refusals and disconnects over the whole step.
 
 Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the report):
 
-1. the server process died, or answered no scrape of /metrics for 5 s → limit ``died``;
-2. the server refused connections (``chat_connections_rejected_total`` grew) or
-   more than 1 % of connects failed → limit ``refused``;
-3. the load generator's CPU averaged above 90 % over the window → the step is
-   ``invalid`` (its latency is the load generator's), never the server's limit;
-4. more than 1 % of requests failed → limit ``failures``;
-5. p99 of the scenario latency above the SLO → limit ``slo``: computed from
+1. the server process exited → limit ``died`` (only then);
+2. the server is alive but answered no scrape of /metrics for 5 s, or more than
+   1 % of connects failed while the server refused none of them (handshakes
+   timed out or were dropped) → limit ``unresponsive``;
+3. the server refused connections (``chat_connections_rejected_total`` grew)
+   → limit ``refused``;
+4. the busiest load-generator process averaged above 90 % of a core over the
+   window → the step is ``invalid`` (its latency is the load generator's),
+   never the server's limit;
+5. more than 1 % of requests failed → limit ``failures``;
+6. p99 of the scenario latency above the SLO → limit ``slo``: computed from
    Locust's response-time histogram over the window as "more than 1 % of the
    receptions took longer than the SLO" (exact when the SLO is a bucket bound);
-6. otherwise ``ok``.
+7. otherwise ``ok``.
 
 A latency or failure breach must be confirmed: if the next (bigger) step is
 ok, the breach is relabelled ``transient`` and the run goes on; two breaches in
 a row, or a breach on the last step, make the limit (the first of them).
-``died`` and ``refused`` need no confirmation.
+``died``, ``unresponsive`` and ``refused`` need no confirmation.
 
 After the last step: ``not reached (max step)``; after ``invalid_steps_to_stop``
 invalid steps in a row: ``not reached (load generator saturated)``.
+
+The climb finds the first (confirmed) breach; the narrowing steps then probe,
+each on a freshly started server, between the last good step and that breach
+(``loadtest.compare.knee``).
 """
 
 from __future__ import annotations
@@ -108,8 +116,12 @@ def summarize(
     window: float,
     samples: list[dict],
     limits: Limits,
+    exited: bool = False,
 ) -> dict:
-    """One row for the step ``[start, end]`` from the run's samples."""
+    """One row for the step ``[start, end]`` from the run's samples.
+
+    ``exited``: the server process ended during this step (the runner saw it).
+    """
     w_start = max(start, end - window)
     # Server figures from samples where the server answered, Locust's where Locust did.
     first, w_first, last = (at(samples, t, "server") for t in (start, w_start, end))
@@ -174,6 +186,9 @@ def summarize(
         "locust_cpu_max": max(
             (s["locust_cpu"] for s in inside if s.get("locust_cpu") is not None), default=None
         ),
+        "locust_busiest_cpu_mean": _mean(
+            [s.get("locust_cpu_busiest", s.get("locust_cpu")) for s in inside]
+        ),
         "machine_cpu_mean": _mean([s.get("machine_cpu") for s in inside]),
         "cpus": CPUS,
         "server_missed_scrapes": sum(
@@ -181,6 +196,7 @@ def summarize(
         ),
         "server_silent_s": silence(samples, start, end),
     }
+    row["server_exited"] = exited
     row["server_up"] = row["server_silent_s"] < limits.server_silent_s
     row["other_cpu_cores"] = other_cpu(row)
     row["outcome"], row["reason"] = judge(row, limits)
@@ -212,18 +228,26 @@ def other_cpu(row: dict) -> float | None:
 
 def judge(row: dict, limits: Limits) -> tuple[str, str]:
     """(``ok`` | ``limit`` | ``invalid``, why) for one step row."""
+    if row.get("server_exited"):
+        return "limit", "died (the server process exited)"
     if not row["server_up"]:
-        return "limit", "died"
-    connects = row["connects"]
-    if row["rejected"] or (
-        connects and row["connect_failures"] / connects > limits.max_connect_failure_ratio
-    ):
-        refused = int(sum(row["rejected"].values()))
         return "limit", (
-            f"refused ({refused} rejected, {int(row['connect_failures'])} of "
-            f"{int(row['connects'])} connects failed)"
+            f"unresponsive (/metrics did not answer for {row['server_silent_s']:.0f} s; "
+            "the process was alive)"
         )
-    cpu = row["locust_cpu_mean"]
+    connects, failed = row["connects"], row["connect_failures"]
+    refused = int(sum(row["rejected"].values()))
+    too_many = connects and failed / connects > limits.max_connect_failure_ratio
+    if too_many and not refused:
+        return "limit", (
+            f"unresponsive ({int(failed)} of {int(connects)} connects failed and the server "
+            "refused none: handshakes timed out)"
+        )
+    if refused:
+        return "limit", (
+            f"refused ({refused} rejected, {int(failed)} of {int(connects)} connects failed)"
+        )
+    cpu = row.get("locust_busiest_cpu_mean", row["locust_cpu_mean"])
     if cpu is not None and cpu > limits.locust_cpu_saturated:
         return "invalid", f"load generator CPU {cpu:.0f}% > {limits.locust_cpu_saturated:.0f}%"
     if row["failure_ratio"] > limits.max_failure_ratio:
@@ -236,7 +260,7 @@ def judge(row: dict, limits: Limits) -> tuple[str, str]:
     return "ok", ""
 
 
-HARD_REASONS = ("died", "refused")  # limits that need no confirmation
+HARD_REASONS = ("died", "unresponsive", "refused")  # limits that need no confirmation
 
 
 def _hard(row: dict) -> bool:
@@ -300,7 +324,8 @@ def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
 
 
 def should_stop(rows: list[dict], limits: Limits) -> bool:
-    """True once the rows so far decide the run: a hard limit (died, refused), two
+    """True once the rows so far decide the run: a hard limit (died, unresponsive,
+    refused), two
     breaches in a row (a confirmed limit), or too many invalid steps in a row."""
     if any(_hard(r) for r in rows):
         return True

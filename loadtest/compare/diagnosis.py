@@ -1,0 +1,110 @@
+"""Say in words why a server broke, from the figures of its last good step and its limit.
+
+Nothing here is written in advance: every sentence is built from the two step
+rows (the highest good one and the lowest breached one) recorded in the same
+run, and the one-word reading follows the rule printed with it:
+
+- **out of CPU**: at its limit the server used at least ``CPU_BOUND`` of the
+  CPU it was given (its budget, or one core when pinned, or the machine);
+- otherwise **not out of CPU**: it broke with CPU to spare, so the figures that
+  follow (threads waiting to run, context switches, event-loop lag, refusals)
+  are where to look.
+"""
+
+from __future__ import annotations
+
+from loadtest.compare import figures
+
+CPU_BOUND = 0.90  # share of the CPU the server was given
+
+RULE = (
+    f"“out of CPU” when the server used at least {CPU_BOUND:.0%} of the CPU it was given "
+    "(its budget, one core when pinned, else the machine's CPUs) at its limit"
+)
+
+
+def cpu_given(run: dict, cpus: int) -> float:
+    """Cores the server could use in this run."""
+    if run.get("server_cpus"):
+        return float(run["server_cpus"])
+    return 1.0 if run["pinning"].get("server_cpu") is not None else float(cpus)
+
+
+def explain(run: dict, cpus: int) -> dict:
+    """``{"reading": ..., "text": ...}`` for one server run (text empty when no limit)."""
+    limit = run["limit"]
+    if not limit["reached"]:
+        return {"reading": None, "text": ""}
+    good = figures.row(run, limit["last_ok_step"])
+    bad = figures.row(run, limit["step"])
+    given = cpu_given(run, cpus)
+    cpu_bad = _cpu(bad)
+    parts = [f"{run['kind']} broke at {limit['users']:,} users: {limit['criterion']}."]
+    if good is not None:
+        parts.append(
+            f"From {limit['last_ok_users']:,} users (its last good step) to {limit['users']:,}:"
+        )
+    changes = [
+        _change("CPU", _cpu(good), cpu_bad, "{:.2f}", f" cores of the {given:g} it was given"),
+        _change("throttled by its CPU budget", _get(good, "throttled_per_s"),
+                _get(bad, "throttled_per_s"), "{:.2f}", " s per second"),
+        _change(f"its {_n(_get(bad, 'threads'))} threads spent", _get(good, "wait_to_run_per_s"),
+                _get(bad, "wait_to_run_per_s"), "{:.2f}", " s per second waiting to run"),
+        _change("voluntary context switches per delivery",
+                _get(good, "voluntary_switches_per_delivery"),
+                _get(bad, "voluntary_switches_per_delivery"), "{:.2f}", ""),
+        _change("involuntary context switches per delivery",
+                _get(good, "involuntary_switches_per_delivery"),
+                _get(bad, "involuntary_switches_per_delivery"), "{:.3f}", ""),
+        _change("event-loop lag p99", _get(good, "loop_lag_p99_ms"),
+                _get(bad, "loop_lag_p99_ms"), "{:,.1f}", " ms"),
+        _change("deliveries/s", _get(good, "deliveries_per_s"), _get(bad, "deliveries_per_s"),
+                "{:,.0f}", ""),
+        _change("p99", figures.p99(good), figures.p99(bad), "{:,.0f}", " ms"),
+    ]  # fmt: skip
+    parts.append("; ".join(c for c in changes if c) + ".")
+    if bad is not None:
+        parts.append(
+            f"At the limit: RSS {_n((bad.get('rss_bytes') or 0) / 2**20)} MiB, "
+            f"{_n(bad.get('open_fds'))} fds, {_n(bad.get('threads'))} threads, "
+            f"{_n(bad.get('connections'))} connections."
+        )
+    failures = run.get("locust_failures") or []
+    if failures and limit["criterion"].startswith(("unresponsive", "refused", "failures")):
+        top = "; ".join(f"{f['name']}: {f['error']} ×{f['occurrences']:,}" for f in failures[:3])
+        parts.append(f"Locust's most frequent failures in the run: {top}.")
+    if cpu_bad is None:
+        reading = None
+    elif cpu_bad >= CPU_BOUND * given:
+        reading = "out of CPU"
+    else:
+        reading = "not out of CPU"
+        parts.append(
+            f"It used {cpu_bad:.2f} of its {given:g} cores when it broke: something other "
+            "than CPU gave out first."
+        )
+    return {"reading": reading, "text": " ".join(parts)}
+
+
+def _cpu(row: dict | None) -> float | None:
+    """Exact CPU from the threads' schedstat, else the server's own counter."""
+    if row is None:
+        return None
+    exact = row.get("cpu_cores_exact")
+    return exact if exact is not None else row.get("server_cpu_cores")
+
+
+def _get(row: dict | None, key: str):
+    return None if row is None else row.get(key)
+
+
+def _change(what: str, before, after, fmt: str, unit: str) -> str:
+    if after is None:
+        return ""
+    if before is None:
+        return f"{what} {fmt.format(after)}{unit}"
+    return f"{what} {fmt.format(before)} → {fmt.format(after)}{unit}"
+
+
+def _n(value) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"

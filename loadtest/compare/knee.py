@@ -1,0 +1,103 @@
+"""Find one server's limit: climb until it breaks, then narrow down on fresh servers.
+
+1. **Climb**: one run through the profile's geometric steps
+   (:meth:`~loadtest.compare.profiles.Profile.levels`), stopped by the step rules
+   at the first confirmed breach.
+2. **Narrow**: between the last good step and that breach, one short run at
+   the geometric middle, each on a freshly started server (a breach can leave a
+   server damaged: queues full, threads stuck, memory grown). A good middle
+   raises the floor, a breached one lowers the ceiling, until the two are
+   within the profile's precision. The limit is the lowest breached user
+   count; the last good step is the highest good one.
+3. **Probe** (profiles with ``probe_time``): a run with nothing pinned and no
+   CPU budget at about the load one whole core would carry, to see how many
+   cores the server uses when it may use them all.
+
+A narrowing run that the load generator could not drive (``invalid``) or that
+did not start stops the narrowing; the bracket found so far is reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+from loadtest.compare import runner
+
+ONE_CORE_HEADROOM = 1.2  # the probe's load: what one whole core would carry, plus 20 %
+
+
+def find_limit(kind: str, options: runner.RunOptions) -> dict:
+    """Climb and narrow; return the climb's run with every row and the narrowed limit."""
+    profile = options.profile
+    run = runner.run_server(kind, options)
+    climb_limit = run["limit"]
+    rows = [{**r, "phase": "climb"} for r in run["steps"]]
+    narrowing: list[dict] = []
+    limit = combine(climb_limit, rows)
+    while limit["narrowing"] == "open" and limit["last_ok_users"]:
+        users = profile.narrowed(limit["last_ok_users"], limit["users"])
+        if users is None:
+            break
+        runner.say(
+            options,
+            f"{kind}: narrowing between {limit['last_ok_users']} and {limit['users']} users: "
+            f"{users}, on a fresh server",
+        )
+        probe_run = runner.run_server(kind, options, levels=[users], tag=f"-narrow-{users}")
+        narrowing.append(_about(probe_run))
+        if not probe_run["steps"]:
+            break  # Locust did not start: keep the bracket found so far
+        rows.append({**probe_run["steps"][-1], "index": len(rows), "phase": "narrow"})
+        limit = combine(climb_limit, rows)
+    return {**run, "steps": rows, "limit": limit, "narrowing": narrowing}
+
+
+def combine(climb_limit: dict, rows: list[dict]) -> dict:
+    """The limit after the climb's verdict and the narrowing rows (``phase == "narrow"``),
+    in the order they ran.
+
+    The limit is the lowest breached user count, the last good step the highest
+    good one below it. ``narrowing`` says whether more narrowing may help
+    (``open``), or an invalid narrowing step stopped it (``stopped``).
+    """
+    limit = {**climb_limit, "narrowing": "open", "bracket_ratio": None}
+    if not limit["reached"]:
+        limit["narrowing"] = "none"
+        return limit
+    for row in rows:
+        if row.get("phase") != "narrow":
+            continue
+        if row["outcome"] == "ok" and row["users_target"] > (limit["last_ok_users"] or 0):
+            limit.update(last_ok_users=row["users_target"], last_ok_step=row["index"])
+        elif row["outcome"] == "limit" and row["users_target"] < limit["users"]:
+            limit.update(users=row["users_target"], criterion=row["reason"], step=row["index"])
+        elif row["outcome"] == "invalid":
+            limit["narrowing"] = "stopped"  # the load generator, not the server, gave out
+            break
+    if limit["last_ok_users"]:
+        limit["bracket_ratio"] = limit["users"] / limit["last_ok_users"]
+    return limit
+
+
+def probe(kind: str, options: runner.RunOptions, run: dict) -> dict | None:
+    """The unpinned, unbudgeted probe at about one whole core's load (None: nothing to probe)."""
+    profile = options.profile
+    base = run["limit"]["last_ok_users"] or profile.levels()[0]
+    budget = run.get("server_cpus") or 1.0
+    users = min(profile.maximum, math.ceil(base / budget * ONE_CORE_HEADROOM))
+    runner.say(
+        options,
+        f"{kind}: unpinned probe, {users} users ({base} good users at {budget:g} CPU, "
+        f"scaled to one core + {ONE_CORE_HEADROOM - 1:.0%}), {profile.probe_time:g} s",
+    )
+    return runner.run_server(
+        kind, options, levels=[users], step_time=profile.probe_time,
+        window=round(profile.probe_time * 2 / 3, 1), pin=False, budget=False, tag="-probe",
+    )  # fmt: skip
+
+
+def _about(run: dict) -> dict:
+    """What the report keeps of a narrowing run besides its row."""
+    keys = ("name", "levels", "stop_reason", "locust_exit", "server_exit", "server_log_tail",
+            "locust_failures", "files", "window", "step_time")  # fmt: skip
+    return {k: run.get(k) for k in keys}
