@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 
 import pytest
 
-from loadtest.compare import prom, steps
+from loadtest import cpubudget
+from loadtest.compare import diagnosis, knee, prom, steps
 from loadtest.compare.plots import PLOTS
-from loadtest.compare.profiles import Limits, profile
+from loadtest.compare.profiles import Limits, connection_ceiling, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 KINDS = ("threaded", "async")
@@ -68,6 +70,21 @@ def test_smoke_summary_has_a_limit_or_not_reached_for_both_servers(smoke_report)
         "not supported",
         "not measured here",
     }
+    budget = summary["budget"]
+    assert budget["why"]  # a budget, or the reason there is none
+    for kind in KINDS:
+        assert summary["servers"][kind]["server_cpus"] == budget["cores"]
+
+
+@pytest.mark.timeout(300)
+def test_smoke_report_cites_the_article_inside_the_project(smoke_report):
+    """The report names the article by title and date and points to no path outside
+    the repository."""
+    out, _ = smoke_report
+    html = (out / "report.html").read_text()
+    assert "Concurrency models in Python: threads vs Asyncio" in html
+    assert "2023-09-15" in html
+    assert "shared/seed" not in html and "../" not in html
 
 
 @pytest.mark.timeout(300)
@@ -131,9 +148,11 @@ def _row(**changes) -> dict:
     ("changes", "outcome", "reason"),
     [
         ({}, "ok", ""),
-        ({"server_up": False}, "limit", "died"),
+        ({"server_exited": True}, "limit", "died"),
+        ({"server_up": False, "server_silent_s": 7.0}, "limit", "unresponsive"),
         ({"rejected": {"capacity": 3.0}}, "limit", "refused"),
-        ({"connect_failures": 2.0}, "limit", "refused"),
+        ({"rejected": {"capacity": 3.0}, "connect_failures": 5.0}, "limit", "refused"),
+        ({"connect_failures": 2.0}, "limit", "unresponsive"),
         ({"locust_cpu_mean": 95.0, "latency_over_slo_share": 0.5}, "invalid", "load generator"),
         ({"failure_ratio": 0.02}, "limit", "failures"),
         ({"latency_over_slo_share": 0.011}, "limit", "p99 over SLO"),
@@ -141,7 +160,9 @@ def _row(**changes) -> dict:
     ],
 )
 def test_judge_applies_the_rules_in_order(changes, outcome, reason):
-    """A step is a limit (died, refused, failures, SLO), invalid (Locust saturated) or ok."""
+    """A step is a limit (died only when the process exited; unresponsive when alive but
+    silent or its handshakes fail unrefused; refused; failures; SLO), invalid (Locust
+    saturated) or ok."""
     got, why = steps.judge(_row(**changes), Limits())
     assert got == outcome
     assert why.startswith(reason)
@@ -209,8 +230,97 @@ def test_histogram_quantile_and_share_above_the_slo():
     assert prom.quantile(0.99, []) is None
 
 
-def test_profiles_step_up_to_their_maximum():
-    """Every profile ends on its maximum, and smoke stays a two-step run."""
+def test_profiles_climb_geometrically_up_to_the_connection_ceiling():
+    """Every profile ends on its maximum (the fd ceiling), each step ~growth x the one
+    before; smoke stays a two-step run."""
     assert profile("smoke").levels() == [20, 40]
-    quick = profile("quick").levels()
-    assert quick[-1] == 6000 and quick == sorted(quick)
+    quick = profile("quick")
+    levels = quick.levels()
+    assert levels[-1] == connection_ceiling() and levels == sorted(set(levels))
+    for low, high in itertools.pairwise(levels[:-1]):
+        assert high / low == pytest.approx(quick.growth, rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_narrowing_brackets_the_limit_within_the_profile_precision(name):
+    """Probing the geometric middle, whatever the outcomes, ends with a bracket within
+    the precision, in a handful of probes."""
+    prof = profile(name)
+    for true_limit in (1234, 2600, 7777, 15000):
+        low = max(u for u in prof.levels() if u < true_limit)
+        high = min(u for u in prof.levels() if u >= true_limit)
+        probes = 0
+        while (users := prof.narrowed(low, high)) is not None:
+            probes += 1
+            low, high = (users, high) if users < true_limit else (low, users)
+        assert low < true_limit <= high
+        assert high / low <= 1 + prof.precision + 0.01
+        assert probes <= 3
+
+
+def _narrow(index, users, outcome, reason=""):
+    return {"index": index, "users_target": users, "outcome": outcome, "reason": reason,
+            "phase": "narrow"}  # fmt: skip
+
+
+def test_narrowing_rows_move_the_limit_and_the_last_good_step():
+    """A good narrowing probe raises the last good step, a breached one lowers the limit
+    (with its own criterion); an invalid probe stops the narrowing and keeps the bracket."""
+    climb = {"reached": True, "users": 3800, "criterion": "p99 over SLO", "step": 5,
+             "last_ok_users": 2550, "last_ok_step": 4}  # fmt: skip
+    rows = [_narrow(6, 3100, "limit", "unresponsive (...)"), _narrow(7, 2800, "ok")]
+    limit = knee.combine(climb, rows)
+    assert (limit["users"], limit["criterion"], limit["step"]) == (3100, "unresponsive (...)", 6)
+    assert (limit["last_ok_users"], limit["last_ok_step"]) == (2800, 7)
+    assert limit["bracket_ratio"] == pytest.approx(3100 / 2800)
+    assert limit["narrowing"] == "open"
+    stopped = knee.combine(climb, [_narrow(6, 3100, "invalid", "load generator CPU")])
+    assert stopped["narrowing"] == "stopped"
+    assert (stopped["users"], stopped["last_ok_users"]) == (3800, 2550)
+    not_reached = {**climb, "reached": False, "users": None}
+    assert knee.combine(not_reached, [])["narrowing"] == "none"
+
+
+def test_the_report_explains_a_limit_from_its_own_figures():
+    """The why-it-broke text quotes the CPU, waiting and switch figures of the last good
+    and the breached step, and reads "out of CPU" only when the budget was used up."""
+    good = {"index": 0, "users_target": 1000, "cpu_cores_exact": 0.30, "wait_to_run_per_s": 0.1,
+            "threads": 1002, "deliveries_per_s": 5000.0, "loop_lag_p99_ms": None}  # fmt: skip
+    bad = {**good, "index": 1, "users_target": 1500, "cpu_cores_exact": 0.49,
+           "wait_to_run_per_s": 2.5, "threads": 1503, "rss_bytes": 2**27, "open_fds": 1510,
+           "connections": 1500}  # fmt: skip
+    run = {"kind": "threaded", "server_cpus": 0.5, "pinning": {"server_cpu": 0},
+           "steps": [good, bad], "locust_failures": [],
+           "limit": {"reached": True, "users": 1500, "criterion": "p99 over SLO",
+                     "step": 1, "last_ok_users": 1000, "last_ok_step": 0}}  # fmt: skip
+    why = diagnosis.explain(run, cpus=2)
+    assert why["reading"] == "out of CPU"
+    assert "0.30 → 0.49 cores of the 0.5 it was given" in why["text"]
+    assert "its 1,503 threads spent 0.10 → 2.50 s per second waiting to run" in why["text"]
+    spare = diagnosis.explain({**run, "server_cpus": None}, cpus=2)  # pinned: one core given
+    assert spare["reading"] == "not out of CPU"
+
+
+BUSY_SECOND = "import time\nend = time.time() + 1\nwhile time.time() < end: pass"
+
+
+@pytest.mark.skipif(cpubudget.available() is not None, reason="no writable cgroup CPU controller")
+def test_a_cpu_budget_throttles_a_busy_process_and_is_removed():
+    """A process started inside a 0.2-CPU budget is throttled by the kernel (the group's
+    own counters say so), and the group is gone after remove()."""
+    budget = cpubudget.CpuBudget.create(0.2, "twinchat-test")
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import time\nend = time.time() + 1\nwhile time.time() < end: pass",
+            ],
+            preexec_fn=budget.enter,
+        )
+        proc.wait(timeout=30)
+        periods, seconds = budget.throttled()
+        assert periods > 0 and seconds > 0
+    finally:
+        budget.remove()
+    assert not budget.path.exists()
