@@ -227,7 +227,7 @@ def _resummarize(out: Path, run: dict, limits: Limits) -> dict:
     kept = ("thread_cpu_seconds", "busiest_thread_share", "locust_p50_ms", "locust_p99_ms",
             "cpu_cores_exact", "wait_to_run_per_s", "voluntary_switches_per_delivery",
             "involuntary_switches_per_delivery", "throttled_per_s", "ramp_end", "run",
-            "phase")  # fmt: skip
+            "phase", "settled", "judged_from")  # fmt: skip
     rows = []
     for old in run["steps"]:
         name = old.get("run", run["name"])
@@ -241,7 +241,7 @@ def _resummarize(out: Path, run: dict, limits: Limits) -> dict:
         if samples[name] is None:
             rows.append(old)
             continue
-        window = min(run["window"], old["end"] - old.get("ramp_end", old["start"]))
+        window = old["end"] - old.get("judged_from", old["end"] - run["window"])
         row = steps.summarize(
             old["index"], old["users_target"], old["start"], old["end"], window,
             samples[name], limits, exited=old.get("server_exited", False),

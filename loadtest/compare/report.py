@@ -387,7 +387,8 @@ def _steps_html(rows: list[dict]) -> str:
     body, classes = [], []
     for r in rows:
         body.append([
-            _e(r.get("phase", "")), _e(r["users_target"]), _e(_n(r["connections"])),
+            _e(r.get("phase", "")), _e(r["users_target"]),
+            _e(_n(r["connections"]) + ("" if r.get("settled", True) else " (not all up)")),
             _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
             _e(_n(r["server_fanout_p99_ms"], "{:,.1f}")),
             _e(_n(r["loop_lag_p99_ms"], "{:,.1f}")),

@@ -36,6 +36,8 @@ from loadtest.shape import StepPlan
 
 STARTUP_GRACE = 30.0  # seconds for Locust to start before the run is abandoned
 STOP_GRACE = 30.0  # seconds for Locust to stop its users and write its CSVs
+SETTLED = 0.99  # share of a step's users the server must hold before its window starts
+MIN_WINDOW = 3.0  # seconds: the window of a step that never settled
 
 
 @dataclass
@@ -213,6 +215,8 @@ class StepDriver:
         self.rows: list[dict] = []
         self.marks: dict[tuple[int, str], Mark] = {}  # (step, "from" | "to")
         self.t0: float | None = None
+        self.settled: dict[int, bool] = {}
+        self.churning = options.scenario == "churn"  # connections come and go by design
 
     # -- measuring -------------------------------------------------------------
 
@@ -223,26 +227,42 @@ class StepDriver:
         throttled = self.cpu_budget.throttled() if self.cpu_budget else None
         return Mark(time.time(), tasks or None, throttled)
 
-    def _due_marks(self, now: float) -> None:
-        """Mark the start and the end of each step's judged window as it passes."""
+    def _due_marks(self, sample: dict) -> None:
+        """Mark the start and the end of each step's judged window as it passes.
+
+        The window starts ``window`` s before the step's end, but not before the
+        server holds the step's connections (99 %): a ramp the clients or the
+        server could not keep up with is not judged as steady state. A step that
+        never settles is judged on its last ``MIN_WINDOW`` s (and says so).
+        """
+        now = sample["t"]
+        connections = steps._get(sample, "server", "connections") or 0
         for step in self.steps:
-            start = self.t0 + max(step.ramp_end, step.end - self.window)
-            for when, key in ((start, "from"), (self.t0 + step.end, "to")):
-                if now >= when and (step.index, key) not in self.marks:
-                    self.marks[step.index, key] = self.mark()
+            planned = self.t0 + max(step.ramp_end, step.end - self.window)
+            end = self.t0 + step.end
+            if (step.index, "from") not in self.marks and now >= planned:
+                settled = self.churning or connections >= SETTLED * step.users
+                if settled or now >= end - MIN_WINDOW:
+                    self.marks[step.index, "from"] = self.mark()
+                    self.settled[step.index] = settled
+            if now >= end and (step.index, "to") not in self.marks:
+                self.marks[step.index, "to"] = self.mark()
 
     def judge(self, index: int, end: float | None = None, exited: bool = False) -> None:
         """Reduce step ``index`` to a row (cut at ``end`` if it ended early) and print it."""
         step = self.steps[index]
         start, planned_end = self.t0 + step.start, self.t0 + step.end
         end = planned_end if end is None else min(end, planned_end)
-        window = min(self.window, max(0.0, end - (self.t0 + step.ramp_end)))
+        first = self.marks.get((index, "from"))
+        window = end - first.t if first else min(self.window, end - (self.t0 + step.ramp_end))
         row = steps.summarize(
-            index, step.users, start, end, window or self.window, self.samples,
+            index, step.users, start, end, max(1.0, window), self.samples,
             self.options.profile.limits, exited=exited,
         )  # fmt: skip
         row["ramp_end"] = self.t0 + step.ramp_end
         row["run"] = self.name  # the raw samples are in <run>-samples.jsonl
+        row["settled"] = self.settled.get(index, False)
+        row["judged_from"] = end - max(1.0, window)
         row.update(evidence(self.marks.get((index, "from")), self.marks.get((index, "to")), row))
         self.rows.append(row)
         _step_line(self.options, row, len(self.steps))
@@ -323,7 +343,7 @@ class StepDriver:
                 else:
                     time.sleep(0.2)
                     continue
-            self._due_marks(now)
+            self._due_marks(sample)
             # Judge every step that has ended (1 s of slack so that its last sample is in).
             while len(self.rows) < count and now >= self.t0 + self.steps[len(self.rows)].end + 1:
                 self.judge(len(self.rows))
