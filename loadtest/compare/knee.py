@@ -24,6 +24,7 @@ import math
 from loadtest.compare import runner
 
 ONE_CORE_HEADROOM = 1.2  # the probe's load: what one whole core would carry, plus 20 %
+LOCUST_HEADROOM = 0.7  # ... but no more than keeps Locust under 70 % of its CPUs
 
 
 def find_limit(kind: str, options: runner.RunOptions) -> dict:
@@ -80,20 +81,35 @@ def combine(climb_limit: dict, rows: list[dict]) -> dict:
 
 
 def probe(kind: str, options: runner.RunOptions, run: dict) -> dict | None:
-    """The unpinned, unbudgeted probe at about one whole core's load (None: nothing to probe)."""
+    """The unpinned, unbudgeted probe at about one whole core's load, capped by what
+    Locust can drive (from its measured CPU per delivery in the climb)."""
     profile = options.profile
     base = run["limit"]["last_ok_users"] or profile.levels()[0]
     budget = run.get("server_cpus") or 1.0
-    users = min(profile.maximum, math.ceil(base / budget * ONE_CORE_HEADROOM))
-    runner.say(
-        options,
-        f"{kind}: unpinned probe, {users} users ({base} good users at {budget:g} CPU, "
-        f"scaled to one core + {ONE_CORE_HEADROOM - 1:.0%}), {profile.probe_time:g} s",
-    )
+    users = math.ceil(base / budget * ONE_CORE_HEADROOM)
+    why = f"{base} good users at {budget:g} CPU, scaled to one core + {ONE_CORE_HEADROOM - 1:.0%}"
+    cap = locust_capacity(run, run["pinning"].get("locust_processes", 1))
+    if cap is not None and cap < users:
+        users, why = cap, f"what Locust can drive at {LOCUST_HEADROOM:.0%} of its CPUs"
+    users = max(1, min(profile.maximum, users))
+    runner.say(options, f"{kind}: unpinned probe, {users} users ({why}), {profile.probe_time:g} s")
     return runner.run_server(
         kind, options, levels=[users], step_time=profile.probe_time,
         window=round(profile.probe_time * 2 / 3, 1), pin=False, budget=False, tag="-probe",
     )  # fmt: skip
+
+
+def locust_capacity(run: dict, processes: int) -> int | None:
+    """Users that would keep Locust at ``LOCUST_HEADROOM`` of its CPUs, extrapolated
+    from the climb's good steps (Locust CPU per user is close to linear)."""
+    per_user = [
+        r["locust_cpu_mean"] / 100 / r["users_target"]
+        for r in run["steps"]
+        if r["outcome"] == "ok" and r.get("locust_cpu_mean") and r["users_target"]
+    ]
+    if not per_user:
+        return None
+    return int(LOCUST_HEADROOM * processes / max(per_user))
 
 
 def _about(run: dict) -> dict:
