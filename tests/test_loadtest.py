@@ -250,47 +250,64 @@ def test_seq_tracker_reports_gaps_and_duplicates(locust_modules):
     assert tracker.check("r", 99) == 0
 
 
+def receive(user, *payloads: bytes, now: float | None = None) -> None:
+    """Hand text frames to the user's client as its receive path does after a recv."""
+    frames = [(1, True, payload) for payload in payloads]
+    user.client.handle_frames(frames, time.time() if now is None else now)
+
+
+def flush(env) -> None:
+    """Merge the client's batched samples into Locust's stats now."""
+    from loadtest.client.reactor import reactor_for
+
+    reactor_for(env).stats.flush(time.time(), everything=True)
+
+
 def test_receiver_records_seq_gap_as_failure(locust_modules, local_env):
     """A receiver that sees seq 41 then 43 records one 'seq' failure in Locust's stats."""
     user = locust_modules.users.ChatUser(local_env)
-    user.handle_frame(frame(type="joined", room=user.room, seq=40, members=2, complete=True))
-    user.handle_frame(message(user.room, 41))
-    user.handle_frame(message(user.room, 43))
+    receive(user, frame(type="joined", room=user.room, seq=40, members=2, complete=True))
+    receive(user, message(user.room, 41), message(user.room, 43))
     stats = local_env.stats
     seq = stats.get("seq", "WS")
     assert seq.num_failures == 1
     errors = [e for e in stats.errors.values() if e.name == "seq"]
     assert len(errors) == 1 and "seq gap" in str(errors[0].error)
-    user.handle_frame(message(user.room, 43))
+    receive(user, message(user.room, 43))
     assert stats.get("seq", "WS").num_failures == 2
 
 
 def test_receiver_measures_ack_fanout_and_errors(locust_modules, local_env):
     """Own messages count as ack, others' as fanout; error frames and bad JSON are failures."""
     user = locust_modules.users.ChatUser(local_env)
-    user.handle_frame(frame(type="joined", room=user.room, seq=0, members=2, complete=True))
+    receive(user, frame(type="joined", room=user.room, seq=0, members=2, complete=True))
     now = time.time()
-    user.handle_frame(message(user.room, 1, sender=user.chat_name, sent_at=now))
-    user.handle_frame(message(user.room, 2, sender="someone", sent_at=now))
-    user.handle_frame(message(user.room, 3, sender="someone", sent_at=now))
-    user.handle_frame(message(user.room, 4, sender="web-user"))  # no sent_at: not measured
-    user.handle_frame(frame(type="error", code="rate_limited", message="slow down"))
-    user.handle_frame(b"not json")
+    receive(
+        user,
+        message(user.room, 1, sender=user.chat_name, sent_at=now),
+        message(user.room, 2, sender="someone", sent_at=now),
+        message(user.room, 3, sender="someone", sent_at=now),
+        message(user.room, 4, sender="web-user"),  # no sent_at: not measured
+        frame(type="error", code="rate_limited", message="slow down"),
+        b"not json",
+        frame(type="message", room=user.room, seq="5", ts=0.0, text="hi", **{"from": "x"}),
+    )
+    flush(local_env)
     stats = local_env.stats
     assert stats.get("ack", "WS").num_requests == 1
     assert stats.get("fanout", "WS").num_requests == 2
     assert stats.get("fanout", "WS").num_failures == 0
     assert stats.get("error", "WS").num_failures == 1
-    assert stats.get("protocol", "WS").num_failures == 1
+    assert stats.get("protocol", "WS").num_failures == 2
     assert stats.get("seq", "WS").num_requests == 0
 
 
 def test_refused_connection_is_a_connect_failure(locust_modules, local_env):
     """Nothing listening: connect() returns False and records one 'connect' failure."""
     user = locust_modules.users.ChatUser(local_env)
-    user.host = f"ws://127.0.0.1:{free_port()}/ws"
-    assert user.connect() is False
-    assert user.conn is None
+    user.client.url = f"ws://127.0.0.1:{free_port()}/ws"
+    assert user.client.connect() is False
+    assert not user.client.connected
     assert local_env.stats.get("connect", "WS").num_failures == 1
     [error] = local_env.stats.errors.values()
     assert "ConnectionRefusedError" in str(error.error)

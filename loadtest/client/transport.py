@@ -1,0 +1,127 @@
+"""Cooperative socket I/O for the chat client: TCP connect, the HTTP upgrade, sends.
+
+The client's sockets are plain non-blocking OS sockets (the original
+``socket.socket``, even when gevent has monkey-patched the module), because
+the process's :class:`~loadtest.client.reactor.Reactor` reads them directly
+with one ``recv`` per ready socket. The functions here wait cooperatively
+(``gevent.socket.wait_read``/``wait_write``), so a task that sends, or a
+connect in progress, only blocks its own greenlet.
+
+The opening handshake is websockets' Sans-I/O ``ClientProtocol``: it builds
+the request and checks the response (status 101, ``Sec-WebSocket-Accept``);
+no extension is offered, so frames are never compressed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket_module
+from urllib.parse import urlsplit
+
+from gevent import monkey
+from gevent.socket import wait_read, wait_write
+from websockets.client import ClientProtocol
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from loadtest.client.errors import ConnectFailed, ReplyTimeout
+
+OsSocket = monkey.get_original("socket", "socket")
+RECV_SIZE = 65536
+MAX_RESPONSE_HEAD = 16384
+
+
+def open_socket(url: str, timeout: float) -> _socket_module.socket:
+    """A connected, non-blocking TCP socket to the host of ``url`` (``ws://`` only)."""
+    parts = urlsplit(url)
+    if parts.scheme != "ws":
+        raise ConnectFailed(f"unsupported scheme {parts.scheme!r}: the load client speaks ws://")
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    family, _type, proto, _name, address = _socket_module.getaddrinfo(
+        host, port, type=_socket_module.SOCK_STREAM
+    )[0]
+    sock = OsSocket(family, _socket_module.SOCK_STREAM, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
+        err = sock.connect_ex(address)
+        if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            wait_write(
+                sock.fileno(), timeout=timeout, timeout_exc=ReplyTimeout("connect timed out")
+            )
+            err = sock.getsockopt(_socket_module.SOL_SOCKET, _socket_module.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))  # ConnectionRefusedError for ECONNREFUSED, ...
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def send_all(sock: _socket_module.socket, data: bytes, timeout: float) -> None:
+    """Send all of ``data``, waiting cooperatively while the kernel buffer is full.
+
+    Raises ``OSError`` when the connection is gone, :class:`ReplyTimeout` when
+    the peer has not taken anything for ``timeout`` seconds. Callers that share
+    the socket must hold the connection's send lock.
+    """
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    view = memoryview(data)[sent:]
+    while view:
+        wait_write(sock.fileno(), timeout=timeout, timeout_exc=ReplyTimeout("send timed out"))
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            continue
+        view = view[sent:]
+
+
+def recv_some(sock: _socket_module.socket, timeout: float) -> bytes:
+    """What the socket holds (up to 64 KiB), waiting cooperatively for at least one byte;
+    ``b""`` at end of stream."""
+    while True:
+        try:
+            return sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            wait_read(sock.fileno(), timeout=timeout, timeout_exc=ReplyTimeout("reply timed out"))
+
+
+def handshake(sock: _socket_module.socket, url: str, timeout: float) -> bytes:
+    """Perform the WebSocket opening handshake; return bytes read past the response.
+
+    Raises :class:`ConnectFailed` with a short, stable message when the server
+    refuses (``handshake refused: HTTP 503``) or answers something else.
+    """
+    protocol = ClientProtocol(parse_uri(url))
+    protocol.send_request(protocol.connect())
+    for data in protocol.data_to_send():
+        send_all(sock, data, timeout)
+    head = b""
+    while True:
+        data = recv_some(sock, timeout)
+        if not data:
+            raise ConnectFailed("handshake failed: connection closed")
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        if len(head) > MAX_RESPONSE_HEAD:
+            raise ConnectFailed("handshake failed: response head too long")
+    status_line = head[: head.find(b"\r\n")].split(b" ", 2)
+    if len(status_line) < 2 or status_line[1] != b"101":
+        status = status_line[1].decode("ascii", "replace") if len(status_line) > 1 else "?"
+        raise ConnectFailed(f"handshake refused: HTTP {status}")
+    # Only the response head goes to websockets; what follows is frames, for our parser.
+    protocol.receive_data(head[: end + 4])
+    response = next((e for e in protocol.events_received() if isinstance(e, Response)), None)
+    exc = protocol.handshake_exc
+    if exc is not None or response is None:
+        raise ConnectFailed(f"handshake failed: {type(exc).__name__}")
+    return head[end + 4 :]
