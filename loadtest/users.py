@@ -2,7 +2,7 @@
 
 Shaped like Locust's ``HttpUser``: the abstract :class:`ChatProtocolUser`
 holds the scenario settings and ``self.client``, a
-:class:`~loadtest.client.ChatClient` that owns the connection, its receive
+:class:`~loadtest.client.chat.ChatClient` that owns the connection, its receive
 path, the seq checks and every request event (names and meaning in
 ``loadtest/client/chat.py`` and ``docs/loadtest.md``). The scenario users
 (``IdleUser``, ``ChatUser``, ``BroadcastUser``, ``ChurnUser``) only hold
@@ -19,8 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 from locust import User, task
 
-from loadtest.client import ChatClient
-from loadtest.client.chat import REQUEST_TYPE, SeqTracker
+from loadtest.client.chat import REQUEST_TYPE, ChatClient, SeqTracker
 from loadtest.client.errors import (
     ChatLoadError,
     ConnectFailed,

@@ -133,7 +133,9 @@ def raw_frame(draw) -> bytes:
     mask_bit = 0x80 if draw(st.integers(0, 3)) == 0 else 0
     frame = bytes((head1, frame[1] | mask_bit)) + frame[2:]
     if draw(st.integers(0, 7)) == 0:  # a length over the limit, announced in the header
-        frame = bytes((head1, 127 | mask_bit)) + struct.pack("!Q", draw(st.integers(MAX_SIZE + 1)))
+        frame = bytes((head1, 127 | mask_bit)) + struct.pack(
+            "!Q", draw(st.integers(MAX_SIZE + 1, 2**63 - 1))
+        )
     return frame
 
 

@@ -6,8 +6,8 @@
 - ``stats``: successful samples merged into Locust's statistics once a second;
 - ``chat``: ``ChatClient``, one connection: operations, receive path, seq checks;
 - ``errors``: the failures it reports.
+
+Import ``ChatClient`` from ``loadtest.client.chat``: this package imports nothing itself, so
+that ``loadtest.client.frames`` can be used (and tested) without importing Locust, whose
+import monkey-patches the whole process with gevent.
 """
-
-from loadtest.client.chat import ChatClient
-
-__all__ = ["ChatClient"]

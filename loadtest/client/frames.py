@@ -113,14 +113,22 @@ class FrameParser:
         while size - pos >= 2:
             head1 = data[pos]
             head2 = data[pos + 1]
-            if head1 == 0x81 and head2 < 126 and not self._fragmented:
-                # The hot path: a whole text frame under 126 bytes (max_size >= 125).
-                end = pos + 2 + head2
-                if end > size:
-                    break
-                frames.append((OP_TEXT, True, data[pos + 2 : end]))
-                pos = end
-                continue
+            if head1 == 0x81 and not self._fragmented:
+                # The hot paths: a whole text frame under 126 bytes (max_size >= 125), or
+                # under 64 KiB and within max_size (a chat message is 150-250 bytes).
+                if head2 < 126:
+                    end = pos + 2 + head2
+                    if end > size:
+                        break
+                    frames.append((OP_TEXT, True, data[pos + 2 : end]))
+                    pos = end
+                    continue
+                if head2 == 126 and size - pos >= 4:
+                    end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+                    if end <= size and end - pos - 4 <= self.max_size:
+                        frames.append((OP_TEXT, True, data[pos + 4 : end]))
+                        pos = end
+                        continue
             # The checks below follow the order of websockets' parser (Frame.parse,
             # then Protocol.recv_frame), so that both report the same close code.
             opcode = head1 & 0x0F
