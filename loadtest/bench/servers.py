@@ -55,6 +55,16 @@ class Running:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def counter(self, name: str) -> float | None:
+        """The value of counter ``name`` on the server's /metrics (None for a bare reference)."""
+        if self._owner is None:
+            return None
+        for line in self._owner.metrics_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return float(value)
+        return None
+
     def stop(self) -> int | None:
         if self._owner is not None:
             return self._owner.stop(timeout=10.0)
@@ -100,6 +110,27 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def exact_cpu_seconds(pid: int) -> tuple[float, int]:
+    """CPU time of ``pid``'s live threads, exact, and how many threads were read.
+
+    Sums the first field of ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds on
+    the CPU, kept by the scheduler at every switch). The user and system times
+    of ``/proc/<pid>/stat`` are sampled at each clock tick (every 4 ms here)
+    and charged to whichever thread is running then: with hundreds of threads
+    that each run a few microseconds at a time, they miss or double-count much
+    of the CPU used. A thread that exits between two readings takes its time
+    with it, so compare readings taken while no thread starts or ends.
+    """
+    total = threads = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended since the listing
+        threads += 1
+    return total / 1e9, threads
 
 
 def footprint(pid: int) -> dict:
