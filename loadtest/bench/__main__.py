@@ -167,12 +167,14 @@ def _fixed_rate_rounds(result: dict, runner: Runner, specs: list, sizes) -> None
     """Run the fixed-rate scenario ``sizes.rounds`` times, servers interleaved in each round.
 
     As for the fan-out, a server and its bare reference are compared within a
-    round (see :mod:`loadtest.bench.fixedrate`).
+    round (see :mod:`loadtest.bench.fixedrate`); the order alternates between rounds.
     """
     runs: dict[str, list[dict]] = {}
     measure = functools.partial(fixedrate.run, runner)
     for n in range(sizes.rounds):
-        for spec in specs:
+        # Every other round runs the servers in reverse: a steady drift of the machine's
+        # speed then favours no server over the whole run.
+        for spec in specs if n % 2 == 0 else specs[::-1]:
             what = "fixed-rate" + (f" #{n + 1}" if sizes.rounds > 1 else "")
             row = _guarded(result, what, measure, spec, f"{n + 1}")
             if row is None:

@@ -34,7 +34,7 @@ import subprocess
 import time
 
 from loadtest.bench.scenarios import HOST, SATURATED, Runner, Sizes, sleep_until, split
-from loadtest.bench.servers import Spec, exact_cpu_seconds
+from loadtest.bench.servers import Spec, cpu_seconds, exact_cpu_seconds
 
 DELIVERED = "chat_messages_delivered_total"
 SCRAPE_LEAD = 0.2  # s between reading the server's count and the start of the CPU window
@@ -84,10 +84,12 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
         counted0 = server.counter(DELIVERED), time.monotonic()
         sleep_until(measure_at)
         cpu0, threads0 = exact_cpu_seconds(server.pid)
+        ticks0 = cpu_seconds(server.pid)
         t0 = time.monotonic()
         perf = _perf(runner, server.pid, f"{spec.name}-fixed-rate-{label}")
         sleep_until(end_at)
         cpu1, threads1 = exact_cpu_seconds(server.pid)
+        ticks1 = cpu_seconds(server.pid)
         t1 = time.monotonic()
         counted1 = server.counter(DELIVERED), time.monotonic()
         if perf is not None:
@@ -98,7 +100,9 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
     finally:
         server.stop()
     threads, counted = (threads0, threads1), (counted0, counted1)
-    return _row(spec, sizes, connected, runs, t1 - t0, cpu1 - cpu0, threads, counted, alive)
+    row = _row(spec, sizes, connected, runs, t1 - t0, cpu1 - cpu0, threads, counted, alive)
+    row["server_cpu_seconds_proc_stat"] = round(ticks1 - ticks0, 3)  # for comparison only
+    return row
 
 
 def _row(

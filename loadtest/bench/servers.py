@@ -115,13 +115,14 @@ def cpu_seconds(pid: int) -> float:
 def exact_cpu_seconds(pid: int) -> tuple[float, int]:
     """CPU time of ``pid``'s live threads, exact, and how many threads were read.
 
-    Sums the first field of ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds on
-    the CPU, kept by the scheduler at every switch). The user and system times
-    of ``/proc/<pid>/stat`` are sampled at each clock tick (every 4 ms here)
-    and charged to whichever thread is running then: with hundreds of threads
-    that each run a few microseconds at a time, they miss or double-count much
-    of the CPU used. A thread that exits between two readings takes its time
-    with it, so compare readings taken while no thread starts or ends.
+    Sums the first field of ``/proc/<pid>/task/<tid>/schedstat``: nanoseconds on
+    a CPU, which the scheduler adds up at every switch. :func:`cpu_seconds`
+    reads user + system time from ``/proc/<pid>/stat``, which this kernel
+    (``CONFIG_TICK_CPU_ACCOUNTING``, 250 Hz) splits by sampling whichever thread
+    runs at each tick and reports in 10 ms units: fine for a saturated server
+    over seconds, coarse for one that runs a few microseconds per message on
+    hundreds of threads. A thread that exits between two readings takes its
+    time with it, so compare readings taken while no thread starts or ends.
     """
     total = threads = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
