@@ -34,7 +34,7 @@ import subprocess
 import time
 
 from loadtest.bench.scenarios import HOST, SATURATED, Runner, Sizes, sleep_until, split
-from loadtest.bench.servers import Spec, cpu_seconds, exact_cpu_seconds
+from loadtest.bench.servers import Spec, cpu_seconds, exact_cpu_seconds, machine_cpu
 
 DELIVERED = "chat_messages_delivered_total"
 SCRAPE_LEAD = 0.2  # s between reading the server's count and the start of the CPU window
@@ -84,12 +84,12 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
         counted0 = server.counter(DELIVERED), time.monotonic()
         sleep_until(measure_at)
         cpu0, threads0 = exact_cpu_seconds(server.pid)
-        ticks0 = cpu_seconds(server.pid)
+        ticks0, machine0 = cpu_seconds(server.pid), machine_cpu()
         t0 = time.monotonic()
         perf = _perf(runner, server.pid, f"{spec.name}-fixed-rate-{label}")
         sleep_until(end_at)
         cpu1, threads1 = exact_cpu_seconds(server.pid)
-        ticks1 = cpu_seconds(server.pid)
+        ticks1, machine1 = cpu_seconds(server.pid), machine_cpu()
         t1 = time.monotonic()
         counted1 = server.counter(DELIVERED), time.monotonic()
         if perf is not None:
@@ -102,6 +102,12 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
     threads, counted = (threads0, threads1), (counted0, counted1)
     row = _row(spec, sizes, connected, runs, t1 - t0, cpu1 - cpu0, threads, counted, alive)
     row["server_cpu_seconds_proc_stat"] = round(ticks1 - ticks0, 3)  # for comparison only
+    # What else ran: the machine's busy CPUs less the server and the load client (the
+    # coordinator's share is small), and the time the hypervisor gave to other guests.
+    busy, steal = (b - a for a, b in zip(machine0, machine1, strict=True))
+    client_cpu = row["client_cpu_util"] * row["seconds"]
+    row["others_cpu_util"] = round(max(0.0, busy - (cpu1 - cpu0) - client_cpu) / (t1 - t0), 3)
+    row["steal_util"] = round(steal / (t1 - t0), 3)
     return row
 
 
@@ -163,6 +169,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         ranked = sorted(rows, key=lambda row: row["server_us_per_delivery"] or 0.0)
         median = dict(ranked[(len(ranked) - 1) // 2])
         median["rounds"] = [row["server_us_per_delivery"] for row in rows]
+        median["runs"] = rows  # every round's figures, in the order they ran
         out[name] = median
     for name, bare in BARE_OF.items():
         mine, theirs = runs.get(name), runs.get(bare)

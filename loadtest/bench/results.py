@@ -323,12 +323,14 @@ def _fixed_rate_section(result: dict) -> list[str]:
         "`x bare`: median of the per-round ratios to the bare reference of the same model. "
         "`achieved`: deliveries counted / (says/s offered x members x seconds). "
         "`server count`: deliveries/s by the server's own chat_messages_delivered_total "
-        "(read just before and after the window) / deliveries/s counted by the members.",
+        "(read just before and after the window) / deliveries/s counted by the members. "
+        "`other load`: CPU used by other processes and stolen by the hypervisor "
+        "during the window (100 % = one CPU), from /proc/stat.",
         "",
         "| server | server CPU µs / delivery | x bare | each round (µs) | x bare each round "
         "| deliveries/s | achieved | server count | server CPU | client CPU "
-        "| client CPU µs / delivery | max send lag ms | lost |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client CPU µs / delivery | max send lag ms | lost | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         x = row.get("x_bare")
@@ -341,6 +343,13 @@ def _fixed_rate_section(result: dict) -> list[str]:
             f"| {'' if count is None else count} | {row['server_cpu_util']:.1%} "
             f"| {row['client_cpu_util']:.1%}{' SATURATED' if row['client_saturated'] else ''} "
             f"| {row['client_us_per_delivery']} | {row['max_send_lag_ms']} "
-            f"| {row['lost_connections']} |"
+            f"| {row['lost_connections']} | {_other_load(row)} |"
         )
     return out
+
+
+def _other_load(row: dict) -> str:
+    """CPU used by other processes during the window, and stolen by the hypervisor."""
+    if "others_cpu_util" not in row:
+        return ""
+    return f"{row['others_cpu_util']:.0%} + {row['steal_util']:.0%} steal"

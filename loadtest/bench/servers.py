@@ -116,13 +116,14 @@ def exact_cpu_seconds(pid: int) -> tuple[float, int]:
     """CPU time of ``pid``'s live threads, exact, and how many threads were read.
 
     Sums the first field of ``/proc/<pid>/task/<tid>/schedstat``: nanoseconds on
-    a CPU, which the scheduler adds up at every switch. :func:`cpu_seconds`
-    reads user + system time from ``/proc/<pid>/stat``, which this kernel
-    (``CONFIG_TICK_CPU_ACCOUNTING``, 250 Hz) splits by sampling whichever thread
-    runs at each tick and reports in 10 ms units: fine for a saturated server
-    over seconds, coarse for one that runs a few microseconds per message on
-    hundreds of threads. A thread that exits between two readings takes its
-    time with it, so compare readings taken while no thread starts or ends.
+    a CPU, which the scheduler adds up at every switch, per thread. User and
+    system time (:func:`cpu_seconds`, ``/proc/<pid>/stat``) come from sampling
+    whichever thread runs at each tick (``CONFIG_TICK_CPU_ACCOUNTING``, 250 Hz
+    here), in 10 ms units; for a whole process this kernel scales the sampled
+    split to the scheduler's exact total, so the two agree within 10 ms over a
+    window, but per thread only schedstat is exact. A thread that exits between
+    two readings takes its time with it: compare readings taken while no thread
+    starts or ends.
     """
     total = threads = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -132,6 +133,14 @@ def exact_cpu_seconds(pid: int) -> tuple[float, int]:
             continue  # the thread ended since the listing
         threads += 1
     return total / 1e9, threads
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Seconds the machine's CPUs spent busy (user, nice, system, irq, softirq)
+    and stolen by the hypervisor, since boot, from the ``cpu`` line of /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
 
 
 def footprint(pid: int) -> dict:
