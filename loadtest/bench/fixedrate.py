@@ -147,6 +147,8 @@ def _row(
         "client_cpu_util": round(client_cpu / client_seconds, 3),
         "client_us_per_delivery": round(client_cpu / deliveries * 1e6, 3) if deliveries else None,
         "client_saturated": client_cpu / client_seconds > SATURATED,
+        # On loopback the server's CPU wakes the client: fewer frames per wake-up cost it more.
+        "client_wakeups_per_s": round(sum(r["wakeups"] for r in runs) / client_seconds, 1),
         "lost_connections": sum(r["lost_connections"] for r in runs),
         "server_alive": alive,
     }

@@ -325,12 +325,13 @@ def _fixed_rate_section(result: dict) -> list[str]:
         "`server count`: deliveries/s by the server's own chat_messages_delivered_total "
         "(read just before and after the window) / deliveries/s counted by the members. "
         "`other load`: CPU used by other processes and stolen by the hypervisor "
-        "during the window (100 % = one CPU), from /proc/stat.",
+        "during the window (100 % = one CPU), from /proc/stat. `client wake-ups/s`: the load "
+        "client's voluntary context switches; on loopback the server's CPU pays for each.",
         "",
         "| server | server CPU µs / delivery | x bare | each round (µs) | x bare each round "
         "| deliveries/s | achieved | server count | server CPU | client CPU "
-        "| client CPU µs / delivery | max send lag ms | lost | other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client CPU µs / delivery | client wake-ups/s | max send lag ms | lost | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         x = row.get("x_bare")
@@ -342,7 +343,8 @@ def _fixed_rate_section(result: dict) -> list[str]:
             f"| {row['deliveries_per_s']:,.0f} | {row['achieved']:.1%} "
             f"| {'' if count is None else count} | {row['server_cpu_util']:.1%} "
             f"| {row['client_cpu_util']:.1%}{' SATURATED' if row['client_saturated'] else ''} "
-            f"| {row['client_us_per_delivery']} | {row['max_send_lag_ms']} "
+            f"| {row['client_us_per_delivery']} | {row.get('client_wakeups_per_s', '')} "
+            f"| {row['max_send_lag_ms']} "
             f"| {row['lost_connections']} | {_other_load(row)} |"
         )
     return out

@@ -17,7 +17,7 @@ Commands (``(name, kwargs)``):
   sends one ``say`` every ``1 / rate`` s, first at ``start + offsets[i]``
   (an open loop: it does not wait for its own copy); frames, acks and says
   sent between ``measure`` and ``end`` are counted, with this process's CPU
-  time and the latest any send left its schedule.
+  time, its wake-ups and the latest any send left its schedule.
 * ``open_idle(host, port, chat, upto, first_index, room_size, concurrency, timeout)``:
   open idle connections (``hello`` + ``join``) until this worker holds
   ``upto`` or one is refused.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -202,12 +203,17 @@ class Worker:
         frames0 = sum(c.frames for c in everyone)
         acks0 = sum(c.acks for c in self.senders)
         cpu0, t0 = time.process_time(), time.monotonic()
+        sleeps0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         await _sleep_until(end)
         frames1 = sum(c.frames for c in everyone)
         acks1 = sum(c.acks for c in self.senders)
         cpu1, t1 = time.process_time(), time.monotonic()
+        sleeps1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         await asyncio.gather(*tasks)
         return {
+            # Voluntary context switches: each time this process waited for data and was
+            # woken up again, which the sender's CPU pays for on loopback.
+            "wakeups": sleeps1 - sleeps0,
             "frames": frames1 - frames0,
             "acks": acks1 - acks0,
             "says": sum(sent),
