@@ -1,4 +1,4 @@
-"""`make bench`: fan-out throughput, connection capacity and handshake rate of both servers.
+"""`make bench`: fan-out, CPU at a fixed rate, capacity and handshake rate of both servers.
 
 Run with ``python -m loadtest.bench --size smoke|full``. The servers under
 test (twinchat's threaded server, its asyncio server on uvloop and on the

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
 from pathlib import Path
 
-from loadtest.bench import results
+from loadtest.bench import fixedrate, results
 from loadtest.bench.scenarios import SIZES, Pool, Runner
 from loadtest.bench.servers import SPEC_BY_NAME, SPECS, UNLIMITED
 from loadtest.serverproc import PROJECT_ROOT
 
-SCENARIOS = ("fanout", "capacity", "handshake")
+SCENARIOS = ("fanout", "fixed-rate", "capacity", "handshake")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true",
         help="sample each server with py-spy during fan-out (logs/*.pyspy.txt); "
         "the profiler's CPU disturbs the figures",
+    )  # fmt: skip
+    parser.add_argument(
+        "--perf", action="store_true",
+        help="perf record -g each server during fixed-rate runs (logs/*.perf.data); "
+        "the sampling disturbs the figures",
     )  # fmt: skip
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
@@ -79,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     pool = Pool(sizes.workers, client_cpu, sizes.reply_timeout)
-    runner = Runner(pool, sizes, logs, server_cpu, profile=args.profile)
+    runner = Runner(pool, sizes, logs, server_cpu, profile=args.profile, perf=args.perf)
     try:
         for spec in specs:
             entry: dict = {"model": spec.model, "protocol": "twinchat v1" if spec.chat else "bare"}
             result["servers"][spec.name] = entry
         if "fanout" in scenarios:
             _fanout_rounds(result, runner, specs, sizes)
+        if "fixed-rate" in scenarios:
+            _fixed_rate_rounds(result, runner, specs, sizes)
         for spec in specs:
             entry = result["servers"][spec.name]
             if "handshake" in scenarios:
@@ -153,6 +161,34 @@ def _fanout_rounds(result: dict, runner: Runner, specs: list, sizes) -> None:
             if (spec.name, receivers) in runs
         ]
         result["servers"][spec.name]["fanout"] = rows
+
+
+def _fixed_rate_rounds(result: dict, runner: Runner, specs: list, sizes) -> None:
+    """Run the fixed-rate scenario ``sizes.rounds`` times, servers interleaved in each round.
+
+    As for the fan-out, a server and its bare reference are compared within a
+    round (see :mod:`loadtest.bench.fixedrate`); the order alternates between rounds.
+    """
+    runs: dict[str, list[dict]] = {}
+    measure = functools.partial(fixedrate.run, runner)
+    for n in range(sizes.rounds):
+        # Every other round runs the servers in reverse: a steady drift of the machine's
+        # speed then favours no server over the whole run.
+        for spec in specs if n % 2 == 0 else specs[::-1]:
+            what = "fixed-rate" + (f" #{n + 1}" if sizes.rounds > 1 else "")
+            row = _guarded(result, what, measure, spec, f"{n + 1}")
+            if row is None:
+                continue
+            row["round"] = n + 1
+            runs.setdefault(spec.name, []).append(row)
+            _progress(
+                spec.name, what, row["server_us_per_delivery"],
+                f"us/delivery ({row['deliveries_per_s']:,.0f} deliv/s, "
+                f"achieved {row['achieved']:.1%}, server CPU {row['server_cpu_util']:.0%}, "
+                f"client CPU {row['client_cpu_util']:.0%})",
+            )  # fmt: skip
+    for name, row in fixedrate.summarize(runs).items():
+        result["servers"][name]["fixed_rate"] = row
 
 
 def _guarded(result: dict, what: str, scenario, spec, *args):

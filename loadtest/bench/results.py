@@ -20,6 +20,7 @@ ASYNC_KIB = 16.0
 THREADED_KIB = 64.0
 PER_CONNECTION = 1.05
 THREADED_HELD = 19_000
+FIXED_RATE_MAX_RATIO = 1.25  # issue 13: threaded CPU per delivery at a moderate load
 
 
 def machine() -> dict:
@@ -141,6 +142,17 @@ def targets(servers: dict, sizes) -> list[dict]:
             ratio["ratio"] >= MIN_RATIO,
         )
 
+    fixed = servers.get("threaded", {}).get("fixed_rate")
+    if fixed and "x_bare" in fixed:
+        add(
+            f"threaded: server CPU per delivery at a fixed rate <= {FIXED_RATE_MAX_RATIO}x "
+            f"{fixed['reference']} (issue 13)",
+            fixed["x_bare"],
+            f"<= {FIXED_RATE_MAX_RATIO}",
+            fixed["x_bare"] <= FIXED_RATE_MAX_RATIO,
+            f"each round {' / '.join(str(r) for r in fixed['x_bare_per_round'])}",
+        )
+
     cap = servers.get("async-uvloop", {}).get("capacity")
     if cap:
         kib = cap["at_max"].get("rss_kib_per_connection")
@@ -237,6 +249,7 @@ def markdown(result: dict) -> str:
                 f"| {row['client_cpu_util']:.0%}{' SATURATED' if row['client_saturated'] else ''} "
                 f"| {row['lost_connections']} |"
             )
+    out += _fixed_rate_section(result)
     out += [
         "",
         "## Connection capacity (idle connections: hello + join, rooms of "
@@ -280,7 +293,7 @@ def markdown(result: dict) -> str:
             f"| {hs['client_cpu_util']:.0%}{' SATURATED' if hs['client_saturated'] else ''} "
             f"| {hs['failed']} |"
         )
-    out += ["", "## Targets (issue 8)", ""]
+    out += ["", "## Targets (issues 8 and 13)", ""]
     for line in result["targets"]:
         detail = f" ({line['detail']})" if line["detail"] else ""
         out.append(
@@ -290,3 +303,55 @@ def markdown(result: dict) -> str:
     if result.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _fixed_rate_section(result: dict) -> list[str]:
+    """The fixed-rate table: CPU per delivery at a moderate offered load, each round."""
+    rows = {n: d["fixed_rate"] for n, d in result["servers"].items() if d.get("fixed_rate")}
+    if not rows:
+        return []
+    c = result["config"]
+    offered = c["rate_senders"] * c["rate_per_sender"]
+    out = [
+        "",
+        f"## Fixed rate ({c['rate_members']} members, {c['rate_senders']} senders at "
+        f"{c['rate_per_sender']:g} says/s: {offered:g} says/s in, "
+        f"{offered * c['rate_members']:,.0f} deliveries/s out)",
+        "",
+        f"Server CPU over {c['rate_duration']:g} s after {c['rate_warmup']:g} s of warm-up, "
+        "exact per thread (/proc/<pid>/task/*/schedstat), per delivery counted by the members. "
+        "`x bare`: median of the per-round ratios to the bare reference of the same model. "
+        "`achieved`: deliveries counted / (says/s offered x members x seconds). "
+        "`server count`: deliveries/s by the server's own chat_messages_delivered_total "
+        "(read just before and after the window) / deliveries/s counted by the members. "
+        "`other load`: CPU used by other processes and stolen by the hypervisor "
+        "during the window (100 % = one CPU), from /proc/stat. `client wake-ups/s`: the load "
+        "client's voluntary context switches; on loopback the server's CPU pays for each.",
+        "",
+        "| server | server CPU µs / delivery | x bare | each round (µs) | x bare each round "
+        "| deliveries/s | achieved | server count | server CPU | client CPU "
+        "| client CPU µs / delivery | client wake-ups/s | max send lag ms | lost | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        x = row.get("x_bare")
+        count = row.get("server_count_vs_received")
+        out.append(
+            f"| {name} | {row['server_us_per_delivery']} | {'' if x is None else f'{x:.2f}'} "
+            f"| {' / '.join(str(r) for r in row['rounds'])} "
+            f"| {' / '.join(str(r) for r in row.get('x_bare_per_round', []))} "
+            f"| {row['deliveries_per_s']:,.0f} | {row['achieved']:.1%} "
+            f"| {'' if count is None else count} | {row['server_cpu_util']:.1%} "
+            f"| {row['client_cpu_util']:.1%}{' SATURATED' if row['client_saturated'] else ''} "
+            f"| {row['client_us_per_delivery']} | {row.get('client_wakeups_per_s', '')} "
+            f"| {row['max_send_lag_ms']} "
+            f"| {row['lost_connections']} | {_other_load(row)} |"
+        )
+    return out
+
+
+def _other_load(row: dict) -> str:
+    """CPU used by other processes during the window, and stolen by the hypervisor."""
+    if "others_cpu_util" not in row:
+        return ""
+    return f"{row['others_cpu_util']:.0%} + {row['steal_util']:.0%} steal"

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.bench import worker as worker_module
-from loadtest.bench.servers import UNLIMITED, Spec, cpu_seconds, footprint, start
+from loadtest.bench.servers import UNLIMITED, Running, Spec, cpu_seconds, footprint
+from loadtest.bench.servers import start as start_spec
 
 HOST = "127.0.0.1"
 SATURATED = 0.9  # a CPU busier than this is the bottleneck
@@ -42,7 +43,12 @@ class Sizes:
     handshake_concurrency: int
     workers: int
     reply_timeout: float  # bound on any one worker command
-    rounds: int  # fan-out runs per server and size, interleaved across servers
+    rounds: int  # fan-out and fixed-rate runs per server, interleaved across servers
+    rate_members: int  # fixed rate: members of the one room, senders included
+    rate_senders: int
+    rate_per_sender: float  # says/s per sender
+    rate_warmup: float
+    rate_duration: float
 
 
 SIZES = {
@@ -50,13 +56,15 @@ SIZES = {
         receivers=(10,), senders=2, window=16, text_len=64, warmup=0.3, duration=1.0,
         async_cap=40, threaded_cap=40, bare_threaded_cap=40, probe=20, room_size=10,
         handshake_seconds=1.0, handshake_concurrency=4, workers=2, reply_timeout=60,
-        rounds=1,
+        rounds=1, rate_members=20, rate_senders=4, rate_per_sender=5.0, rate_warmup=0.5,
+        rate_duration=1.5,
     ),
     "full": Sizes(
         receivers=(100, 1000, 5000), senders=4, window=32, text_len=64, warmup=1.0,
         duration=5.0, async_cap=10_000, threaded_cap=20_000, bare_threaded_cap=19_500,
         probe=1000, room_size=10, handshake_seconds=4.0, handshake_concurrency=32, workers=4,
-        reply_timeout=180, rounds=3,
+        reply_timeout=180, rounds=3, rate_members=200, rate_senders=20, rate_per_sender=5.0,
+        rate_warmup=3.0, rate_duration=10.0,
     ),
 }  # fmt: skip
 
@@ -120,7 +128,8 @@ class Pool:
                 proc.join()
 
 
-def _split(total: int, parts: int) -> list[int]:
+def split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` near-equal shares, the larger ones first."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
@@ -131,21 +140,23 @@ class Runner:
     logs: Path
     server_cpu: int | None
     profile: bool = False  # py-spy the server during each fan-out measurement
+    perf: bool = False  # perf record -g the server during each fixed-rate measurement
     notes: list[str] = field(default_factory=list)
 
-    def _start(self, spec: Spec, scenario: str, extra: tuple[str, ...] = ()):
+    def start(self, spec: Spec, scenario: str, extra: tuple[str, ...] = ()) -> Running:
+        """Start ``spec`` pinned to the server CPU, its output in ``logs/<name>-<scenario>.log``."""
         log = self.logs / f"{spec.name}-{scenario}.log"
-        return start(spec, extra, self.server_cpu, log)
+        return start_spec(spec, extra, self.server_cpu, log)
 
     # Fan-out
 
     def fanout(self, spec: Spec, receivers: int) -> dict:
         sizes, pool = self.sizes, self.pool
         pool.all("close_all")  # nothing left over from a scenario that failed
-        server = self._start(spec, f"fanout-{receivers}", UNLIMITED if spec.chat else ())
+        server = self.start(spec, f"fanout-{receivers}", UNLIMITED if spec.chat else ())
         try:
-            per_receivers = _split(receivers, len(pool))
-            per_senders = _split(sizes.senders, len(pool))
+            per_receivers = split(receivers, len(pool))
+            per_senders = split(sizes.senders, len(pool))
             setup = pool.all(
                 "fanout_setup",
                 [{"receivers": r, "senders": s, "worker": i}
@@ -162,10 +173,10 @@ class Runner:
             end_at = measure_at + sizes.duration
             for i in range(len(pool)):
                 pool.send(i, "fanout_run", start=start_at, measure=measure_at, end=end_at)
-            _sleep_until(measure_at)
+            sleep_until(measure_at)
             spy = self._py_spy(server.pid, f"{spec.name}-fanout-{receivers}")
             cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-            _sleep_until(end_at)
+            sleep_until(end_at)
             cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
             if spy is not None:
                 _finish_py_spy(spy)
@@ -217,7 +228,7 @@ class Runner:
         sizes, pool = self.sizes, self.pool
         cap = cap_for(spec, sizes)
         pool.all("close_all")
-        server = self._start(spec, "capacity")
+        server = self.start(spec, "capacity")
         try:
             time.sleep(0.3)
             base = footprint(server.pid)
@@ -226,7 +237,7 @@ class Runner:
                 return pool.all(
                     "open_idle",
                     [{"upto": n, "first_index": i * 1_000_000}
-                     for i, n in enumerate(_split(total, len(pool)))],
+                     for i, n in enumerate(split(total, len(pool)))],
                     host=HOST, port=server.port, chat=spec.chat, room_size=sizes.room_size,
                     concurrency=32, timeout=10.0,
                 )  # fmt: skip
@@ -265,12 +276,12 @@ class Runner:
 
     def handshake(self, spec: Spec) -> dict:
         sizes, pool = self.sizes, self.pool
-        server = self._start(spec, "handshake")
+        server = self.start(spec, "handshake")
         try:
             cpu0 = cpu_seconds(server.pid)
             replies = pool.all(
                 "handshakes",
-                [{"concurrency": c} for c in _split(sizes.handshake_concurrency, len(pool))],
+                [{"concurrency": c} for c in split(sizes.handshake_concurrency, len(pool))],
                 host=HOST, port=server.port, chat=spec.chat,
                 duration=sizes.handshake_seconds, timeout=10.0,
             )  # fmt: skip
@@ -322,7 +333,8 @@ def _finish_py_spy(spy: subprocess.Popen) -> None:
             spy.wait()
 
 
-def _sleep_until(instant: float) -> None:
+def sleep_until(instant: float) -> None:
+    """Sleep until ``instant`` (a ``time.monotonic()`` value); return at once if it passed."""
     delay = instant - time.monotonic()
     if delay > 0:
         time.sleep(delay)

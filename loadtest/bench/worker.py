@@ -13,6 +13,11 @@ Commands (``(name, kwargs)``):
   instant, shared by all processes) senders begin; text frames received by
   every connection between ``measure`` and ``end`` are counted, with this
   process's CPU time over the same window.
+* ``rate_run(start, measure, end, rate, offsets)``: from ``start``, sender i
+  sends one ``say`` every ``1 / rate`` s, first at ``start + offsets[i]``
+  (an open loop: it does not wait for its own copy); frames, acks and says
+  sent between ``measure`` and ``end`` are counted, with this process's CPU
+  time, its wake-ups and the latest any send left its schedule.
 * ``open_idle(host, port, chat, upto, first_index, room_size, concurrency, timeout)``:
   open idle connections (``hello`` + ``join``) until this worker holds
   ``upto`` or one is refused.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -169,6 +175,52 @@ class Worker:
             "seconds": t1 - t0,
             "cpu_seconds": cpu1 - cpu0,
             "lost_connections": lost,
+        }
+
+    async def rate_run(
+        self, start: float, measure: float, end: float, rate: float, offsets: list[float]
+    ) -> dict:
+        everyone = self.clients + self.senders
+        period = 1.0 / rate
+        sent = [0] * len(self.senders)
+        lag = [0.0]  # the latest a send happened after its scheduled instant, in the window
+
+        async def pace(index: int, client: CountingClient) -> None:
+            due = start + offsets[index]
+            while due < end:
+                await _sleep_until(due)
+                now = time.monotonic()
+                if now >= end:
+                    return
+                client.send(client.say_frame)
+                if now >= measure:
+                    sent[index] += 1
+                    lag[0] = max(lag[0], now - due)
+                due += period  # a fixed schedule: a late send does not shift the next ones
+
+        tasks = [asyncio.ensure_future(pace(i, c)) for i, c in enumerate(self.senders)]
+        await _sleep_until(measure)
+        frames0 = sum(c.frames for c in everyone)
+        acks0 = sum(c.acks for c in self.senders)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        sleeps0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        await _sleep_until(end)
+        frames1 = sum(c.frames for c in everyone)
+        acks1 = sum(c.acks for c in self.senders)
+        cpu1, t1 = time.process_time(), time.monotonic()
+        sleeps1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        await asyncio.gather(*tasks)
+        return {
+            # Voluntary context switches: each time this process waited for data and was
+            # woken up again, which the sender's CPU pays for on loopback.
+            "wakeups": sleeps1 - sleeps0,
+            "frames": frames1 - frames0,
+            "acks": acks1 - acks0,
+            "says": sum(sent),
+            "seconds": t1 - t0,
+            "cpu_seconds": cpu1 - cpu0,
+            "max_send_lag": lag[0],
+            "lost_connections": sum(1 for c in everyone if not c.is_open),
         }
 
     # Capacity
