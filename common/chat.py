@@ -35,7 +35,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any
 
 from common import codec, messages
@@ -43,6 +43,7 @@ from common.broker import split_message
 from common.errors import CloseCode, ErrorCode, ProtocolError
 from common.limits import Limits
 from common.ratelimit import TokenBucket
+from common.reasons import DisconnectReason, DropReason
 from common.rooms import Room, RoomRegistry
 
 
@@ -52,32 +53,14 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
-class DropReason(StrEnum):
-    """Why a client frame was not acted on (``chat_messages_dropped_total{reason}``)."""
-
-    RATE_LIMITED = "rate_limited"
-    INVALID = "invalid"
-    SLOW_CONSUMER = "slow_consumer"
-
-
-class DisconnectReason(StrEnum):
-    """Why a connection ended (``chat_disconnects_total{reason}``)."""
-
-    CLIENT_CLOSE = "client_close"
-    ERROR = "error"
-    SLOW_CONSUMER = "slow_consumer"
-    RATE_LIMIT = "rate_limit"
-    TIMEOUT = "timeout"
-    SHUTDOWN = "shutdown"
-
-
 @dataclass(frozen=True, slots=True)
 class Close:
-    """The connection must be closed with ``code``; ``reason`` says why, for metrics."""
+    """Close the connection with ``code`` and ``reason`` (the close frame's, as in
+    websockets' ``close(code, reason)``); ``disconnect`` is why, for metrics."""
 
     code: CloseCode
-    text: str
-    reason: DisconnectReason
+    reason: str
+    disconnect: DisconnectReason
 
 
 class Session:
@@ -116,7 +99,7 @@ class Outcome:
     publish: PendingSay | None = None
     join: PendingJoin | None = None
     presence: list[PresenceChange] = field(default_factory=list)
-    gap: tuple[str, int, int] | None = None  # (room, last delivered, seq received)
+    gap: Gap | None = None
     closes: list[tuple[Session, Close]] = field(default_factory=list)
 
 
@@ -138,7 +121,16 @@ class PendingJoin:
     session: Session
     room: str
     since: int | None
-    is_new: bool  # the room has no local member yet: the broker must say its seq
+    fetch_seq: bool  # the room has no local member yet: ask the broker for its seq
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages of ``room`` after ``delivered`` and before ``received`` are missing here."""
+
+    room: str
+    delivered: int
+    received: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +271,7 @@ class ChatCore:
         if room is None or not room.members or seq <= room.seq:
             return out
         if seq > room.seq + 1:
-            out.gap = (room_name, room.seq, seq)
+            out.gap = Gap(room_name, room.seq, seq)
             return out
         room.seq = seq
         room.history.append((seq, payload))
@@ -394,7 +386,8 @@ class ChatCore:
             )
         if self.shared and join.room not in session.rooms:
             local = self.rooms.get(join.room)
-            out.join = PendingJoin(session, join.room, join.since, not (local and local.members))
+            fetch_seq = local is None or not local.members
+            out.join = PendingJoin(session, join.room, join.since, fetch_seq)
             return
         room, is_new = self.rooms.add_member(join.room, session)
         session.rooms[room.name] = room

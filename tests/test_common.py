@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import ChatCore, CloseCode, ErrorCode, Limits, ProtocolError
-from common.chat import DisconnectReason, DropReason
+from common.chat import DisconnectReason, DropReason, Gap
 from common.messages import Hello, Join, Say, parse_client_message
 from common.ratelimit import TokenBucket
 from common.rooms import RoomRegistry
@@ -104,7 +104,7 @@ def test_rate_limit_then_flood_close():
     assert codes[2:4] == ["rate_limited", "rate_limited"]
     assert outcomes[4].close is not None
     assert outcomes[4].close.code == CloseCode.POLICY_VIOLATION
-    assert outcomes[4].close.reason is DisconnectReason.RATE_LIMIT
+    assert outcomes[4].close.disconnect is DisconnectReason.RATE_LIMIT
     assert all(o.dropped is DropReason.RATE_LIMITED for o in outcomes[2:])
 
 
@@ -234,7 +234,7 @@ def test_shared_core_hands_say_and_join_to_the_broker():
     core = ChatCore("test", shared=True)
     a = ready(core, "A")
     outcome = core.receive(a, '{"type":"join","room":"r"}', now=0)
-    assert outcome.sends == [] and outcome.join is not None and outcome.join.is_new
+    assert outcome.sends == [] and outcome.join is not None and outcome.join.fetch_seq
     joined = core.complete_join(a, outcome.join, seq=7, members=3, history=[])
     [(_, message)] = frames(joined)
     assert (message["type"], message["seq"], message["members"]) == ("joined", 7, 3)
@@ -252,7 +252,7 @@ def test_shared_core_delivers_in_order_and_reports_gaps():
     assert core.deliver("r", 6, b'{"seq":6}').delivered == 1
     assert core.deliver("r", 6, b'{"seq":6}').sends == []  # duplicate
     gap = core.deliver("r", 9, b'{"seq":9}')
-    assert gap.sends == [] and gap.gap == ("r", 6, 9)
+    assert gap.sends == [] and gap.gap == Gap("r", 6, 9)
     assert core.deliver("elsewhere", 1, b"{}").sends == []
     lost = core.lose_room("r", 9, "missed messages")
     assert [(s.connection, c.code) for s, c in lost.closes] == [("A", CloseCode.TRY_AGAIN_LATER)]
