@@ -114,6 +114,14 @@ def test_rate_limit_refills():
     assert [bucket.allow(0) for _ in range(3)] == [True, True, False]
     assert bucket.allow(0.5) is True
     assert bucket.allow(0.5) is False
+    # Two refusals in a row close at flood_tolerance=2, unless a served message comes between.
+    core = ChatCore("test", Limits(messages_per_second=1, burst=1, flood_tolerance=2))
+    s = ready(core, "A", now=0)  # hello took the only token
+    ping = '{"type":"ping"}'
+    assert [core.receive(s, ping, now=0).dropped for _ in range(2)] == [DropReason.RATE_LIMITED] * 2
+    assert core.receive(s, ping, now=1).dropped is None  # refilled: served, the count restarts
+    refused = [core.receive(s, ping, now=1) for _ in range(3)]
+    assert [o.close is None for o in refused] == [True, True, False]
 
 
 def test_history_replay_and_completeness():

@@ -125,28 +125,6 @@ class ChatServer:
             cfg.host, cfg.port, cfg.thread_stack_kib, cfg.max_connections,
         )  # fmt: skip
 
-    def serve_forever(self) -> None:
-        """Accept connections until :meth:`stop`; each gets its own thread."""
-        assert self._listener is not None
-        poller = select.poll()
-        poller.register(self._listener, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping.is_set():
-            if not poller.poll(1000) or self._stopping.is_set():
-                continue
-            try:
-                sock, address = self._listener.accept()
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._refuse_without_fds(exc)
-                    continue
-                raise
-            # Small frames must not wait for Nagle (asyncio sets this by default too).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._start_connection(sock, address)
-
     def shutdown(self) -> None:
         """Stop accepting, close every client with 1001, wait at most shutdown_timeout."""
         if self._shutting_down:
@@ -176,86 +154,6 @@ class ChatServer:
             self._spare_fd = None
         self._wake_r.close()
         self._wake_w.close()
-
-    # Threads
-
-    def _start_connection(self, sock: socket.socket, address: tuple) -> None:
-        """Register the connection and start its thread (refused if no thread starts)."""
-        cfg = self.config
-        connection = Connection(
-            sock,
-            address,
-            self.drainer,
-            origins=cfg.origins,
-            extensions=self.extensions,
-            max_size=cfg.limits.max_frame_bytes,
-            open_timeout=cfg.open_timeout,
-            ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout,
-            close_timeout=cfg.close_timeout,
-        )
-        thread = threading.Thread(
-            target=self._conn_handler, args=(connection,), name=f"conn-{address[1]}", daemon=True
-        )
-        with self._connections_lock:
-            self._connections[connection] = thread
-        try:
-            thread.start()
-        except RuntimeError:  # can't start new thread: at the thread limit
-            with self._connections_lock:
-                del self._connections[connection]
-            self._refuse(sock)
-
-    def _conn_handler(self, connection: Connection) -> None:
-        """A connection's thread: opening handshake, :meth:`handler`, closing; never raises."""
-        try:
-            if connection.handshake(self.process_request, self.process_response):
-                self.handler(connection)
-                connection.close()
-        except Exception:
-            logger.exception("connection %s failed", connection.remote_address)
-        finally:
-            connection.close_socket()
-            with self._connections_lock:
-                self._connections.pop(connection, None)
-
-    def _refuse(self, sock: socket.socket) -> None:
-        """Answer 503 from the accept thread, without reading the request (overload)."""
-        metrics.rejected(RejectReason.OVERLOAD)
-        try:
-            sock.send(_response(unavailable()).serialize(), SEND_FLAGS)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        sock.close()
-
-    def _refuse_without_fds(self, exc: OSError) -> None:
-        """Out of fds: free the spare one to accept the client and refuse it with 503.
-
-        Without this the client would wait in the listen backlog until its own
-        timeout, and accept() would fail again at every turn of the loop.
-        """
-        assert self._listener is not None
-        now = time.monotonic()
-        if now - self._last_accept_warning > 10:
-            self._last_accept_warning = now
-            logger.warning("accept failed: %s; refusing new connections", exc.strerror)
-        if self._spare_fd is None:
-            self._stopping.wait(ACCEPT_RETRY_DELAY)
-            return
-        os.close(self._spare_fd)
-        self._spare_fd = None
-        try:
-            sock, _ = self._listener.accept()
-        except OSError:
-            self._stopping.wait(ACCEPT_RETRY_DELAY)
-        else:
-            self._refuse(sock)
-        finally:
-            try:
-                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-            except OSError:
-                pass
 
     # HTTP
 
@@ -365,6 +263,108 @@ class ChatServer:
         metrics.dropped(DropReason.SLOW_CONSUMER)
         logger.warning("dropping slow consumer %s", connection.remote_address)
         connection.abort()
+
+    # Accepting connections, a thread for each
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`stop`; each gets its own thread."""
+        assert self._listener is not None
+        poller = select.poll()
+        poller.register(self._listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping.is_set():
+            if not poller.poll(1000) or self._stopping.is_set():
+                continue
+            try:
+                sock, address = self._listener.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._refuse_without_fds(exc)
+                    continue
+                raise
+            # Small frames must not wait for Nagle (asyncio sets this by default too).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._start_connection(sock, address)
+
+    def _start_connection(self, sock: socket.socket, address: tuple) -> None:
+        """Register the connection and start its thread (refused if no thread starts)."""
+        cfg = self.config
+        connection = Connection(
+            sock,
+            address,
+            self.drainer,
+            origins=cfg.origins,
+            extensions=self.extensions,
+            max_size=cfg.limits.max_frame_bytes,
+            open_timeout=cfg.open_timeout,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            close_timeout=cfg.close_timeout,
+        )
+        thread = threading.Thread(
+            target=self._conn_handler, args=(connection,), name=f"conn-{address[1]}", daemon=True
+        )
+        with self._connections_lock:
+            self._connections[connection] = thread
+        try:
+            thread.start()
+        except RuntimeError:  # can't start new thread: at the thread limit
+            with self._connections_lock:
+                del self._connections[connection]
+            self._refuse(sock)
+
+    def _conn_handler(self, connection: Connection) -> None:
+        """A connection's thread: opening handshake, :meth:`handler`, closing; never raises."""
+        try:
+            if connection.handshake(self.process_request, self.process_response):
+                self.handler(connection)
+                connection.close()
+        except Exception:
+            logger.exception("connection %s failed", connection.remote_address)
+        finally:
+            connection.close_socket()
+            with self._connections_lock:
+                self._connections.pop(connection, None)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Answer 503 from the accept thread, without reading the request (overload)."""
+        metrics.rejected(RejectReason.OVERLOAD)
+        try:
+            sock.send(_response(unavailable()).serialize(), SEND_FLAGS)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _refuse_without_fds(self, exc: OSError) -> None:
+        """Out of fds: free the spare one to accept the client and refuse it with 503.
+
+        Without this the client would wait in the listen backlog until its own
+        timeout, and accept() would fail again at every turn of the loop.
+        """
+        assert self._listener is not None
+        now = time.monotonic()
+        if now - self._last_accept_warning > 10:
+            self._last_accept_warning = now
+            logger.warning("accept failed: %s; refusing new connections", exc.strerror)
+        if self._spare_fd is None:
+            self._stopping.wait(ACCEPT_RETRY_DELAY)
+            return
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            self._stopping.wait(ACCEPT_RETRY_DELAY)
+        else:
+            self._refuse(sock)
+        finally:
+            try:
+                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                pass
 
 
 def _response(reply: HttpReply) -> Response:
