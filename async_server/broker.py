@@ -18,8 +18,16 @@ from redis.exceptions import NoScriptError, RedisError
 
 from common import broker as proto
 from common import metrics
-from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChange
+from common.chat import ChatCore, Outcome
+from common.config import ServerConfig
 from common.reasons import BrokerOperation
+from common.shared import (
+    PendingJoin,
+    PendingSay,
+    PresenceChange,
+    SharedChatCore,
+    SharedOutcome,
+)
 
 logger = logging.getLogger("twinchat.async.broker")
 
@@ -36,7 +44,7 @@ class RedisBroker:
     def __init__(
         self,
         url: str,
-        core: ChatCore,
+        core: SharedChatCore,
         deliver: Callable[[Outcome], None],
         *,
         position_check_interval: float = proto.POSITION_CHECK_INTERVAL,
@@ -75,6 +83,7 @@ class RedisBroker:
 
     async def handle(self, outcome: Outcome) -> None:
         """Do the broker work an outcome asks for, delivering what comes of it."""
+        assert isinstance(outcome, SharedOutcome)
         if outcome.publish is not None:
             await self._publish_say(outcome.publish)
         if outcome.join is not None:
@@ -283,3 +292,31 @@ class RedisBroker:
         self._deliver(outcome)
         for change in outcome.presence:
             await self._change_presence(change)
+
+
+class LocalRooms:
+    """``--broker memory``: rooms live in this process only, so there is no broker work."""
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    async def handle(self, outcome: Outcome) -> None:
+        """Nothing to do: the in-memory core already sent everything."""
+
+
+def plug(
+    config: ServerConfig,
+    implementation: str,
+    deliver: Callable[[Outcome], None],
+) -> tuple[ChatCore, LocalRooms | RedisBroker]:
+    """The chat core and its broker for ``config.broker``: the one place a server picks them.
+
+    ``deliver`` is the server's: the broker calls it on the loop's thread.
+    """
+    if config.broker == "memory":
+        return ChatCore(implementation, config.limits), LocalRooms()
+    core = SharedChatCore(implementation, config.limits)
+    return core, RedisBroker(config.broker, core, deliver)

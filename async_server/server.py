@@ -26,9 +26,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from async_server.broker import RedisBroker
+from async_server.broker import plug
 from async_server.metrics_http import serve_metrics
-from common import ChatCore, metrics
+from common import metrics
 from common.capacity import socket_limit
 from common.chat import Outcome, Session
 from common.config import ServerConfig
@@ -47,9 +47,7 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        shared = config.broker != "memory"
-        self.core = ChatCore(self.implementation, config.limits, shared=shared)
-        self.broker = RedisBroker(config.broker, self.core, self.deliver) if shared else None
+        self.core, self.broker = plug(config, self.implementation, self.deliver)
         # Why a connection we closed ended, for chat_disconnects_total.
         self._close_reasons: dict[ServerConnection, DisconnectReason] = {}
         self._shutting_down = False
@@ -68,13 +66,11 @@ class ChatServer:
         async with await self.start() as server:
             metrics_server = await serve_metrics(self.config.host, self.config.metrics_port)
             lag_task = asyncio.create_task(self._measure_loop_lag())
-            if self.broker is not None:
-                await self.broker.start()
+            await self.broker.start()
             await self._stop
             await self.shutdown(server)
             lag_task.cancel()
-            if self.broker is not None:
-                await self.broker.stop()
+            await self.broker.stop()
             if metrics_server is not None:
                 metrics_server.close()
 
@@ -178,8 +174,7 @@ class ChatServer:
                 received=connection.protocol.close_rcvd,
             )
             metrics.disconnected(reason)
-            if self.broker is not None:
-                await self.broker.handle(outcome)
+            await self.broker.handle(outcome)
             logger.info("close %s: %s (code %s)", session.id, reason.value, connection.close_code)
 
     async def _handle_frame(
@@ -197,8 +192,7 @@ class ChatServer:
             outcome = self.core.receive_binary(session)
         self.deliver(outcome)
         metrics.record(outcome, received_at)
-        if self.broker is not None:
-            await self.broker.handle(outcome)
+        await self.broker.handle(outcome)
         if outcome.close is not None:
             self._close_reasons[connection] = outcome.close.disconnect
             await connection.close(outcome.close.code, outcome.close.reason)

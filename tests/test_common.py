@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import ChatCore, CloseCode, ErrorCode, Limits, ProtocolError
-from common.chat import DisconnectReason, DropReason, Gap
+from common.chat import DisconnectReason, DropReason
+from common.config import ServerConfig, parse_config
 from common.messages import Hello, Join, Say, parse_client_message
 from common.ratelimit import TokenBucket
 from common.rooms import RoomRegistry
+from common.shared import Gap, SharedChatCore
 
 COMMON = Path(__file__).resolve().parent.parent / "common"
 IO_MODULES = {
@@ -57,6 +60,17 @@ def test_chat_logic_imports_no_io():
     assert offenders == []
 
 
+def test_in_memory_core_knows_no_broker():
+    """common/chat.py imports nothing of the broker: scale-out plugs in from common/shared.py."""
+    tree = ast.parse((COMMON / "chat.py").read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    assert imported.isdisjoint({"common.broker", "common.shared"}), imported
+
+
 def test_hello_then_welcome():
     """A valid hello moves the session to ready and is answered with welcome."""
     core = ChatCore("test")
@@ -91,6 +105,25 @@ def test_presence_and_close():
     ]
     assert core.close(a).sends == []
     assert core.connections == 1
+
+
+def test_room_names_bounded_by_max_room_chars():
+    """Room names longer than Limits.max_room_chars are refused with bad_message."""
+    limits = Limits(max_room_chars=5)
+    assert parse_client_message('{"type":"join","room":"abcde"}', limits)[0] == Join("abcde")
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message('{"type":"join","room":"abcdef"}', limits)
+    assert info.value.code is ErrorCode.BAD_MESSAGE and "1-5 characters" in info.value.message
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """Without flags, both command lines give ServerConfig's and Limits' defaults."""
+    for implementation in ("threaded", "async"):
+        config = parse_config(implementation, 8100, 9100, [])
+        assert config == dataclasses.replace(
+            ServerConfig(), port=8100, metrics_port=9100, max_connections=config.max_connections
+        )
+        assert config.max_connections > 0  # 0 means: what the process can hold
 
 
 def test_rate_limit_then_flood_close():
@@ -238,8 +271,8 @@ def test_envelopes_round_trip():
 
 
 def test_shared_core_hands_say_and_join_to_the_broker():
-    """With shared=True, say and join become broker work and nothing is sent yet."""
-    core = ChatCore("test", shared=True)
+    """In the shared core, say and join become broker work and nothing is sent yet."""
+    core = SharedChatCore("test")
     a = ready(core, "A")
     outcome = core.receive(a, '{"type":"join","room":"r"}', now=0)
     assert outcome.sends == [] and outcome.join is not None and outcome.join.fetch_seq
@@ -253,7 +286,7 @@ def test_shared_core_hands_say_and_join_to_the_broker():
 
 def test_shared_core_delivers_in_order_and_reports_gaps():
     """deliver() sends the next seq, drops seqs already delivered, and reports gaps."""
-    core = ChatCore("test", shared=True)
+    core = SharedChatCore("test")
     a = ready(core, "A")
     pending = core.receive(a, '{"type":"join","room":"r"}', now=0).join
     core.complete_join(a, pending, seq=5, members=1, history=[])
@@ -269,7 +302,7 @@ def test_shared_core_delivers_in_order_and_reports_gaps():
 
 def test_shared_core_replays_from_broker_history():
     """join with since replays from the broker's history; incomplete when it has a hole."""
-    core = ChatCore("test", shared=True)
+    core = SharedChatCore("test")
     a = ready(core, "A")
     pending = core.receive(a, '{"type":"join","room":"r","since":2}', now=0).join
     history = [(3, b'{"seq":3}'), (4, b'{"seq":4}')]

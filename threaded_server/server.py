@@ -32,13 +32,13 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from common import ChatCore, metrics
+from common import metrics
 from common.capacity import socket_limit
 from common.chat import Outcome, Session
 from common.config import ServerConfig
 from common.http import HttpReply, answer, refused_upgrade, unavailable
 from common.reasons import DisconnectReason, DropReason, RejectReason, disconnect_reason
-from threaded_server.broker import RedisBroker
+from threaded_server.broker import plug
 from threaded_server.connection import SEND_FLAGS, Connection, text_frame
 from threaded_server.drainer import Drainer
 
@@ -55,11 +55,7 @@ class ChatServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.chat_lock = threading.Lock()
-        shared = config.broker != "memory"
-        self.core = ChatCore(self.implementation, config.limits, shared=shared)
-        self.broker = (
-            RedisBroker(config.broker, self.core, self.deliver, self.chat_lock) if shared else None
-        )
+        self.core, self.broker = plug(config, self.implementation, self.deliver, self.chat_lock)
         # Why a connection we closed ended, for chat_disconnects_total.
         self._close_reasons: dict[Connection, DisconnectReason] = {}
         self._shutting_down = False
@@ -85,14 +81,12 @@ class ChatServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
         self.start()
-        if self.broker is not None:
-            self.broker.start()
+        self.broker.start()
         try:
             self.serve_forever()
         finally:
             self.shutdown()
-            if self.broker is not None:
-                self.broker.stop()
+            self.broker.stop()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
 
@@ -208,8 +202,7 @@ class ChatServer:
                 received=connection.protocol.close_rcvd,
             )
             metrics.disconnected(reason)
-            if self.broker is not None:
-                self.broker.handle(outcome)
+            self.broker.handle(outcome)
             logger.info("close %s: %s (code %s)", session.id, reason.value, connection.close_code)
 
     def _handle_frame(self, connection: Connection, session: Session, frame: str | bytes) -> bool:
@@ -226,8 +219,7 @@ class ChatServer:
                 outcome = self.core.receive_binary(session)
             self.deliver(outcome)
         metrics.record(outcome, received_at)
-        if self.broker is not None:
-            self.broker.handle(outcome)
+        self.broker.handle(outcome)
         if outcome.close is not None:
             self._close_reasons[connection] = outcome.close.disconnect
             connection.close(outcome.close.code, outcome.close.reason)
