@@ -148,16 +148,17 @@ def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.
         "(shared by every process on that Redis)",
     )
 
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=config.workers,
+        help="processes sharing the chat port (SO_REUSEPORT); worker i serves "
+        "metrics on METRICS_PORT+i; more than 1 needs --broker redis://...",
+    )
+
     model = parser.add_argument_group(f"{implementation} server")
     if implementation == "async":
         model.add_argument("--loop", choices=["uvloop", "asyncio"], default=config.loop)
-        model.add_argument(
-            "--workers",
-            type=int,
-            default=config.workers,
-            help="processes sharing the chat port (SO_REUSEPORT); worker i serves "
-            "metrics on METRICS_PORT+i; more than 1 needs --broker redis://...",
-        )
     else:
         model.add_argument(
             "--thread-stack-kib",
@@ -197,7 +198,7 @@ def parse_config(
         broker = check_broker_url(args.broker)
     except ValueError as exc:
         parser.error(str(exc))
-    workers = getattr(args, "workers", defaults.workers)
+    workers = args.workers
     if workers < 1:
         parser.error("--workers must be at least 1")
     if workers > 1 and broker == "memory":

@@ -276,9 +276,10 @@ def test_redis_outage_gives_unavailable_then_recovers(redis_server, server_facto
     assert errors >= 1
 
 
-def test_two_workers_share_one_port(redis_server, server_factory):
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_two_workers_share_one_port(redis_server, server_factory, kind):
     """--workers 2: connections spread over two processes that share rooms."""
-    srv = server_factory("async", "--broker", redis_server.url, "--workers", "2")
+    srv = server_factory(kind, "--broker", redis_server.url, "--workers", "2")
     r = room()
     clients = [ChatClient(srv.url) for _ in range(8)]
     try:
@@ -298,10 +299,11 @@ def test_two_workers_share_one_port(redis_server, server_factory):
             c.close()
 
 
-def test_workers_need_a_shared_broker():
+@pytest.mark.parametrize("module", ["async_server", "threaded_server"])
+def test_workers_need_a_shared_broker(module):
     """--workers 2 with the in-memory broker is refused with a clear error."""
     result = subprocess.run(
-        [sys.executable, "-m", "async_server", "--workers", "2"],
+        [sys.executable, "-m", module, "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=30,
