@@ -304,18 +304,26 @@ class RedisBroker:
                 metrics.broker_error(BrokerOperation.CATCH_UP)
                 logger.warning("catch-up of %s failed: %s", room, exc)
                 return
-            for payload, score in entries:
-                with self._lock:
+            # Deliver, check and give up in one hold of the chat lock, as the async
+            # adapter does between two awaits: a join completed in between would
+            # otherwise look like a room still behind.
+            lost = None
+            with self._lock:
+                for payload, score in entries:
                     outcome = self.core.deliver(room, int(score), payload)
                     self._deliver(outcome)
-                if outcome.gap is not None:
-                    break
-                metrics.BROKER_RECOVERED.inc()
-                metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-            local = self._local_rooms().get(room)
-            if local is not None and local < upto:
+                    if outcome.gap is not None:
+                        break
+                    metrics.BROKER_RECOVERED.inc()
+                    metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
+                local = self.core.local_rooms().get(room)
+                if local is not None and local < upto:
+                    lost = self.core.lose_room(room, upto, "missed messages, rejoin")
+                    self._deliver(lost)
+            if lost is not None:
                 logger.warning("room %s: messages %d..%d are gone from history", room, local, upto)
-                self._lose_room(room, upto, "missed messages, rejoin")
+                for change in lost.presence:
+                    self._change_presence(change)
 
     def _local_rooms(self) -> dict[str, int]:
         with self._lock:
