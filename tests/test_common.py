@@ -71,6 +71,52 @@ def test_in_memory_core_knows_no_broker():
     assert imported.isdisjoint({"common.broker", "common.shared"}), imported
 
 
+def test_disconnect_reason_rules():
+    """Asked beats shutdown, which beats the close frames; 1011 sent and nothing back is a
+    keepalive timeout; 1000/1001 from the peer is client_close; anything else error."""
+    from websockets.frames import Close
+
+    from common.reasons import disconnect_reason
+
+    def reason(asked=None, shutting_down=False, sent=None, received=None):
+        return disconnect_reason(
+            asked,
+            shutting_down=shutting_down,
+            sent=None if sent is None else Close(sent, ""),
+            received=None if received is None else Close(received, ""),
+        )
+
+    assert reason(DisconnectReason.RATE_LIMIT, True, 1008, 1008) is DisconnectReason.RATE_LIMIT
+    assert reason(None, True, 1001, 1001) is DisconnectReason.SHUTDOWN
+    assert reason(sent=1011) is DisconnectReason.TIMEOUT
+    assert reason(sent=1011, received=1011) is DisconnectReason.ERROR
+    assert reason(received=1000) is DisconnectReason.CLIENT_CLOSE
+    assert reason(sent=1001, received=1001) is DisconnectReason.CLIENT_CLOSE
+    assert reason(received=4000) is DisconnectReason.ERROR
+    assert reason() is DisconnectReason.ERROR  # no close frame either way
+
+
+def test_handshake_answers():
+    """Pages for / and /healthz; past the socket limit overload, past max sessions capacity."""
+    from common.http import answer, refused_upgrade
+    from common.reasons import RejectReason
+
+    def status(path, sessions=0, sockets=1):
+        reply, why = answer(path, "t", sessions=sessions, sockets=sockets,
+                            max_connections=2, max_sockets=10)  # fmt: skip
+        return (reply and reply.status, why)
+
+    assert status("/") == (200, None) and status("/healthz") == (200, None)
+    assert status("/nope") == (404, None)
+    assert status("/ws") == (None, None) and status("/ws?x=1", sessions=1) == (None, None)
+    assert status("/ws", sessions=2) == (503, RejectReason.CAPACITY)
+    assert status("/ws", sessions=2, sockets=10) == (503, RejectReason.OVERLOAD)
+    assert status("/", sessions=2, sockets=10) == (200, None)  # pages are always served
+    assert refused_upgrade("/ws", 403) and refused_upgrade("/ws?a=b", 400)
+    assert not refused_upgrade("/ws", 101) and not refused_upgrade("/ws", 503)
+    assert not refused_upgrade("/healthz", 404)
+
+
 def test_hello_then_welcome():
     """A valid hello moves the session to ready and is answered with welcome."""
     core = ChatCore("test")
