@@ -11,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
-import orjson
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
 
 from common import broker as proto
 from common import metrics
-from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChange
+from common.chat import ChatCore, Outcome
+from common.config import ServerConfig
+from common.reasons import BrokerOperation
+from common.shared import (
+    PendingJoin,
+    PendingSay,
+    PresenceChange,
+    SharedChatCore,
+    SharedOutcome,
+)
 
 logger = logging.getLogger("twinchat.async.broker")
 
@@ -28,12 +35,16 @@ RETRY_DELAY = 0.5
 
 
 class RedisBroker:
-    """Publishes says, counts members and delivers messages of shared rooms."""
+    """Publishes says, counts members and delivers messages of shared rooms.
+
+    ``deliver(outcome)`` is the server's, called on the loop's thread, as
+    every call into the core.
+    """
 
     def __init__(
         self,
         url: str,
-        core: ChatCore,
+        core: SharedChatCore,
         deliver: Callable[[Outcome], None],
         *,
         position_check_interval: float = proto.POSITION_CHECK_INTERVAL,
@@ -72,6 +83,7 @@ class RedisBroker:
 
     async def handle(self, outcome: Outcome) -> None:
         """Do the broker work an outcome asks for, delivering what comes of it."""
+        assert isinstance(outcome, SharedOutcome)
         if outcome.publish is not None:
             await self._publish_say(outcome.publish)
         if outcome.join is not None:
@@ -84,7 +96,7 @@ class RedisBroker:
         try:
             await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("publish").inc()
+            metrics.broker_error(BrokerOperation.PUBLISH)
             logger.warning("publish failed: %s", exc)
             self._deliver(self.core.unavailable(say.session, say.ref))
 
@@ -94,17 +106,19 @@ class RedisBroker:
         self._unsent.pop(key, None)  # this join sets the membership anyway
         resending = self._resending.get(key)
         if resending is not None:
-            await resending.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(proto.RESEND_WAIT):
+                    await resending.wait()
         try:
             replies = await self._join_round_trip(join)
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("join").inc()
+            metrics.broker_error(BrokerOperation.JOIN)
             logger.warning("join failed: %s", exc)
             self._deliver(self.core.unavailable(join.session))
             # The add may have run before the error: take it back, later if need be.
             self._keep_unsent(PresenceChange(join.session, join.room, -1))
             return
-        seq, history, members = proto.parse_join_replies(replies, join.since, join.is_new)
+        seq, history, members = proto.parse_join_replies(replies, join.since, join.fetch_seq)
         # From complete_join on, the session is a member and gets the room's
         # messages: ``joined`` must be written before anything else can be, so
         # nothing is awaited between the two.
@@ -126,7 +140,7 @@ class RedisBroker:
         async def send() -> list:
             async with self.redis.pipeline(transaction=False) as pipe:
                 proto.queue_join(
-                    pipe, join.room, join.since, join.is_new, self.process_id,
+                    pipe, join.room, join.since, join.fetch_seq, self.process_id,
                     join.session.id, join.session.name, self._presence.sha,
                 )  # fmt: skip
                 return await pipe.execute()
@@ -151,7 +165,7 @@ class RedisBroker:
             await self._presence(keys=keys, args=args)
             return True
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("presence").inc()
+            metrics.broker_error(BrokerOperation.PRESENCE)
             logger.warning("presence update failed: %s", exc)
             if change.delta < 0:
                 self._keep_unsent(change)
@@ -192,7 +206,7 @@ class RedisBroker:
                     if message["type"] == "pmessage":
                         await self._receive(message["channel"], message["data"])
             except (RedisError, OSError) as exc:
-                metrics.BROKER_ERRORS.labels("subscribe").inc()
+                metrics.broker_error(BrokerOperation.SUBSCRIBE)
                 logger.warning("subscription lost: %s; retrying", exc)
                 await asyncio.sleep(RETRY_DELAY)
             finally:
@@ -211,13 +225,12 @@ class RedisBroker:
 
     async def _deliver_message(self, room: str, seq: int, payload: bytes) -> None:
         outcome = self.core.deliver(room, seq, payload)
-        if outcome.gap is not None:
-            await self._catch_up(room, outcome.gap[1], seq)
-            outcome = self.core.deliver(room, seq, payload)
-        if outcome.delivered:
-            metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-            _observe_fanout(payload)
         self._deliver(outcome)
+        if outcome.gap is not None:
+            await self._catch_up(room, outcome.gap.delivered, seq)
+            outcome = self.core.deliver(room, seq, payload)
+            self._deliver(outcome)
+        metrics.delivered_from_broker(outcome.delivered, payload)
 
     async def _check_positions_forever(self) -> None:
         while True:
@@ -227,8 +240,8 @@ class RedisBroker:
                 await self._check_positions()
                 await self._resend_presence()
             except (RedisError, OSError) as exc:
-                metrics.BROKER_ERRORS.labels("catch_up").inc()
-                logger.debug("position check failed: %s", exc)
+                metrics.broker_error(BrokerOperation.CATCH_UP)
+                logger.warning("position check failed: %s", exc)
 
     async def _check_positions(self) -> None:
         """Compare each local room's last delivered seq with Redis; fix what differs."""
@@ -259,16 +272,16 @@ class RedisBroker:
                     proto.history_key(room), after + 1, upto, withscores=True
                 )
             except (RedisError, OSError) as exc:
-                metrics.BROKER_ERRORS.labels("catch_up").inc()
+                metrics.broker_error(BrokerOperation.CATCH_UP)
                 logger.warning("catch-up of %s failed: %s", room, exc)
                 return
             for payload, score in entries:
                 outcome = self.core.deliver(room, int(score), payload)
+                self._deliver(outcome)
                 if outcome.gap is not None:
                     break
                 metrics.BROKER_RECOVERED.inc()
                 metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-                self._deliver(outcome)
             local = self.core.local_rooms().get(room)
             if local is not None and local < upto:
                 logger.warning("room %s: messages %d..%d are gone from history", room, local, upto)
@@ -281,9 +294,29 @@ class RedisBroker:
             await self._change_presence(change)
 
 
-def _observe_fanout(payload: bytes) -> None:
-    """Fan-out latency of a shared room: from the say's server timestamp to now."""
-    try:
-        metrics.FANOUT_SECONDS.observe(max(0.0, time.time() - orjson.loads(payload)["ts"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
+class LocalRooms:
+    """``--broker memory``: rooms live in this process only, so there is no broker work."""
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    async def handle(self, outcome: Outcome) -> None:
+        """Nothing to do: the in-memory core already sent everything."""
+
+
+def plug(
+    config: ServerConfig,
+    implementation: str,
+    deliver: Callable[[Outcome], None],
+) -> tuple[ChatCore, LocalRooms | RedisBroker]:
+    """The chat core and its broker for ``config.broker``: the one place a server picks them.
+
+    ``deliver`` is the server's: the broker calls it on the loop's thread.
+    """
+    if config.broker == "memory":
+        return ChatCore(implementation, config.limits), LocalRooms()
+    core = SharedChatCore(implementation, config.limits)
+    return core, RedisBroker(config.broker, core, deliver)

@@ -23,15 +23,17 @@ import time
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from async_server.broker import RedisBroker
+from async_server.broker import plug
 from async_server.metrics_http import serve_metrics
-from common import ChatCore, metrics
+from common import metrics
 from common.capacity import socket_limit
-from common.chat import DisconnectReason, DropReason, Outcome, Session
+from common.chat import Outcome, Session
 from common.config import ServerConfig
-from common.http import HttpReply, route, unavailable
+from common.http import HttpReply, answer, refused_upgrade
+from common.reasons import DisconnectReason, DropReason, RejectReason, disconnect_reason
 
 logger = logging.getLogger("twinchat.async")
 
@@ -45,9 +47,7 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        shared = config.broker != "memory"
-        self.core = ChatCore(self.implementation, config.limits, shared=shared)
-        self.broker = RedisBroker(config.broker, self.core, self.deliver) if shared else None
+        self.core, self.broker = plug(config, self.implementation, self.deliver)
         # Why a connection we closed ended, for chat_disconnects_total.
         self._close_reasons: dict[ServerConnection, DisconnectReason] = {}
         self._shutting_down = False
@@ -66,13 +66,11 @@ class ChatServer:
         async with await self.start() as server:
             metrics_server = await serve_metrics(self.config.host, self.config.metrics_port)
             lag_task = asyncio.create_task(self._measure_loop_lag())
-            if self.broker is not None:
-                await self.broker.start()
+            await self.broker.start()
             await self._stop
             await self.shutdown(server)
             lag_task.cancel()
-            if self.broker is not None:
-                await self.broker.stop()
+            await self.broker.stop()
             if metrics_server is not None:
                 metrics_server.close()
 
@@ -97,6 +95,7 @@ class ChatServer:
             cfg.host,
             cfg.port,
             process_request=self.process_request,
+            process_response=self.process_response,
             origins=cfg.origins,
             compression=cfg.compression,
             max_size=cfg.limits.max_frame_bytes,
@@ -127,50 +126,60 @@ class ChatServer:
     # HTTP
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Serve / and /healthz; refuse the handshake at capacity (503)."""
-        reply = route(request.path, self.implementation, self.core.connections)
-        if reply is None:
-            if len(connection.server.all_connections) >= self._socket_limit:
-                metrics.rejected("overload")  # handshakes in flight near the fd limit
-                reply = unavailable()
-            elif self.core.connections >= self.config.max_connections:
-                metrics.rejected("capacity")
-                reply = unavailable()
+        """Serve / and /healthz; refuse the handshake when full (503)."""
+        reply, refused = answer(
+            request.path,
+            self.implementation,
+            sessions=self.core.connections,
+            sockets=len(connection.server.all_connections),
+            max_connections=self.config.max_connections,
+            max_sockets=self._socket_limit,
+        )
+        if refused is not None:
+            metrics.rejected(refused)
         return None if reply is None else _response(reply)
+
+    def process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> Response | None:
+        """Count the upgrades the WebSocket layer refused (bad headers, origin)."""
+        if refused_upgrade(request.path, response.status_code):
+            metrics.rejected(RejectReason.HANDSHAKE)
+        return None
 
     # Connections
 
-    async def handler(self, ws: ServerConnection) -> None:
+    async def handler(self, connection: ServerConnection) -> None:
         """Run one connection: hand each frame to the core, deliver what it says."""
-        session = self.core.open(ws)
+        session = self.core.open(connection)
         metrics.CONNECTIONS_OPENED.inc()
-        logger.info("open %s from %s", session.id, ws.remote_address)
-        reason = DisconnectReason.CLIENT_CLOSE
+        logger.info("open %s from %s", session.id, connection.remote_address)
         try:
-            async for frame in ws:
-                if not await self._handle_frame(ws, session, frame):
+            async for frame in connection:
+                if not await self._handle_frame(connection, session, frame):
                     break
-        except ConnectionClosed as exc:
-            if exc.sent is not None and exc.sent.reason == "keepalive ping timeout":
-                reason = DisconnectReason.TIMEOUT
-            elif exc.rcvd is None or exc.rcvd.code not in (1000, 1001):
-                reason = DisconnectReason.ERROR
+        except ConnectionClosed:
+            pass  # why: from the close frames, below
         except Exception:
-            # A bug, not the client's doing: websockets closes with 1011.
             logger.exception("connection %s failed", session.id)
-            reason = DisconnectReason.ERROR
+            self._close_reasons[connection] = DisconnectReason.ERROR
+            await connection.close(CloseCode.INTERNAL_ERROR)
         finally:
-            if self._shutting_down:
-                reason = DisconnectReason.SHUTDOWN
-            reason = self._close_reasons.pop(ws, reason)
             outcome = self.core.close(session)
             self.deliver(outcome)
+            reason = disconnect_reason(
+                self._close_reasons.pop(connection, None),
+                shutting_down=self._shutting_down,
+                sent=connection.protocol.close_sent,
+                received=connection.protocol.close_rcvd,
+            )
             metrics.disconnected(reason)
-            if self.broker is not None:
-                await self.broker.handle(outcome)
-            logger.info("close %s: %s (code %s)", session.id, reason.value, ws.close_code)
+            await self.broker.handle(outcome)
+            logger.info("close %s: %s (code %s)", session.id, reason.value, connection.close_code)
 
-    async def _handle_frame(self, ws: ServerConnection, session: Session, frame) -> bool:
+    async def _handle_frame(
+        self, connection: ServerConnection, session: Session, frame: str | bytes
+    ) -> bool:
         """Hand one frame to the core and deliver the outcome; False once closing.
 
         A method of its own so that an idle connection's handler keeps no
@@ -183,38 +192,41 @@ class ChatServer:
             outcome = self.core.receive_binary(session)
         self.deliver(outcome)
         metrics.record(outcome, received_at)
-        if self.broker is not None:
-            await self.broker.handle(outcome)
+        await self.broker.handle(outcome)
         if outcome.close is not None:
-            self._close_reasons[ws] = outcome.close.reason
-            await ws.close(outcome.close.code, outcome.close.text)
+            self._close_reasons[connection] = outcome.close.disconnect
+            await connection.close(outcome.close.code, outcome.close.reason)
             return False
         return True
 
     def deliver(self, outcome: Outcome) -> None:
-        """Write every payload of ``outcome`` to its targets, without awaiting."""
+        """Write every payload of ``outcome`` to its targets, without awaiting.
+
+        ``broadcast()`` encodes each payload once for all its targets (unless
+        an extension such as compression frames it per connection).
+        """
         max_backlog = self.config.limits.max_backlog_bytes
         for targets, payload in outcome.sends:
             connections = [session.connection for session in targets]
             broadcast(connections, payload, text=True)
-            for ws in connections:
-                if ws.transport.get_write_buffer_size() > max_backlog:
-                    self._drop_slow_consumer(ws)
+            for connection in connections:
+                if connection.transport.get_write_buffer_size() > max_backlog:
+                    self._drop_slow_consumer(connection)
         for session, close in outcome.closes:
-            ws = session.connection
-            self._close_reasons.setdefault(ws, close.reason)
-            task = asyncio.ensure_future(ws.close(close.code, close.text))
+            connection = session.connection
+            self._close_reasons.setdefault(connection, close.disconnect)
+            task = asyncio.ensure_future(connection.close(close.code, close.reason))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    def _drop_slow_consumer(self, ws: ServerConnection) -> None:
+    def _drop_slow_consumer(self, connection: ServerConnection) -> None:
         """Cut off a client that does not read; its backlog is discarded."""
-        if ws in self._close_reasons:
+        if connection in self._close_reasons:
             return
-        self._close_reasons[ws] = DisconnectReason.SLOW_CONSUMER
-        metrics.MESSAGES_DROPPED.labels(DropReason.SLOW_CONSUMER.value).inc()
-        logger.warning("dropping slow consumer %s", ws.remote_address)
-        ws.transport.abort()
+        self._close_reasons[connection] = DisconnectReason.SLOW_CONSUMER
+        metrics.dropped(DropReason.SLOW_CONSUMER)
+        logger.warning("dropping slow consumer %s", connection.remote_address)
+        connection.transport.abort()
 
     async def _measure_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()

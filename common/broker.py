@@ -45,6 +45,9 @@ POSITION_CHECK_INTERVAL = 1.0
 # many, further ones are dropped and that room's count stays high).
 MAX_UNSENT_PRESENCE = 100_000
 TIMEOUT = 2.0  # seconds for any one Redis operation, or to get a pooled connection
+# A join waits at most this long for a failed removal of the same member that
+# is being resent (its add must land after the removal); then it goes ahead.
+RESEND_WAIT = 2 * TIMEOUT
 # A bounded pool that commands wait for: thousands of clients must queue for a
 # few Redis connections, not open one each (Redis refuses past maxclients).
 POOL_OPTIONS = {
@@ -175,18 +178,18 @@ def queue_join(
     pipe: Any,
     room: str,
     since: int | None,
-    is_new: bool,
+    fetch_seq: bool,
     process_id: str,
     origin: str,
     name: str,
     presence_sha: str,
 ) -> None:
     """Queue one join's commands on a redis-py pipeline (blocking or asyncio: both
-    queue the same way): the room's seq (when the room is new to this process),
+    queue the same way): the room's seq (``fetch_seq``: the room is new to this process),
     its history after ``since`` (when given), and the member's add (``EVALSHA``
     of :data:`PRESENCE_SCRIPT`, whose SHA1 is ``presence_sha``).
     :func:`parse_join_replies` reads the answers."""
-    if is_new:
+    if fetch_seq:
         pipe.get(seq_key(room))
     if since is not None:
         pipe.zrangebyscore(history_key(room), since + 1, "+inf", withscores=True)
@@ -195,12 +198,12 @@ def queue_join(
 
 
 def parse_join_replies(
-    replies: list, since: int | None, is_new: bool
+    replies: list, since: int | None, fetch_seq: bool
 ) -> tuple[int, list[tuple[int, bytes]], int]:
     """``(seq, history, members)`` from the answers to :func:`queue_join`:
-    seq is 0 unless the room is new here; history holds ``(seq, payload)`` pairs."""
+    seq is 0 unless ``fetch_seq``; history holds ``(seq, payload)`` pairs."""
     answers = iter(replies)
-    seq = int(next(answers) or 0) if is_new else 0
+    seq = int(next(answers) or 0) if fetch_seq else 0
     entries = next(answers) if since is not None else []  # (payload, score) pairs
     history = [(int(score), payload) for payload, score in entries]
     return seq, history, int(next(answers))

@@ -28,6 +28,8 @@ Usage, by a server's connection handler::
     outcome = core.close(session)           # when the connection ends; send as above
 
 :class:`ChatCore` is not thread-safe: a threaded caller guards it with a lock.
+Rooms shared with other processes through a broker are the subclass
+:class:`common.shared.SharedChatCore`; this module knows nothing of them.
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any
 
 from common import codec, messages
-from common.broker import split_message
 from common.errors import CloseCode, ErrorCode, ProtocolError
 from common.limits import Limits
 from common.ratelimit import TokenBucket
+from common.reasons import DisconnectReason, DropReason
 from common.rooms import Room, RoomRegistry
 
 
@@ -52,32 +54,14 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
-class DropReason(StrEnum):
-    """Why a client frame was not acted on (``chat_messages_dropped_total{reason}``)."""
-
-    RATE_LIMITED = "rate_limited"
-    INVALID = "invalid"
-    SLOW_CONSUMER = "slow_consumer"
-
-
-class DisconnectReason(StrEnum):
-    """Why a connection ended (``chat_disconnects_total{reason}``)."""
-
-    CLIENT_CLOSE = "client_close"
-    ERROR = "error"
-    SLOW_CONSUMER = "slow_consumer"
-    RATE_LIMIT = "rate_limit"
-    TIMEOUT = "timeout"
-    SHUTDOWN = "shutdown"
-
-
 @dataclass(frozen=True, slots=True)
 class Close:
-    """The connection must be closed with ``code``; ``reason`` says why, for metrics."""
+    """Close the connection with ``code`` and ``reason`` (the close frame's, as in
+    websockets' ``close(code, reason)``); ``disconnect`` is why, for metrics."""
 
     code: CloseCode
-    text: str
-    reason: DisconnectReason
+    reason: str
+    disconnect: DisconnectReason
 
 
 class Session:
@@ -111,59 +95,17 @@ class Outcome:
     close: Close | None = None
     dropped: DropReason | None = None
     delivered: int = 0
-    # With a shared broker only (ChatCore(shared=True)): work for the server's
-    # broker adapter, which does the I/O and calls back into the core.
-    publish: PendingSay | None = None
-    join: PendingJoin | None = None
-    presence: list[PresenceChange] = field(default_factory=list)
-    gap: tuple[str, int, int] | None = None  # (room, last delivered, seq received)
+    # Other sessions to close, each with its Close.
     closes: list[tuple[Session, Close]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSay:
-    """Publish ``head + seq + tail`` to ``room`` (the broker assigns seq)."""
-
-    session: Session
-    room: str
-    head: bytes
-    tail: bytes
-    ref: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PendingJoin:
-    """Count ``session`` in ``room`` at the broker, fetch history, then complete_join()."""
-
-    session: Session
-    room: str
-    since: int | None
-    is_new: bool  # the room has no local member yet: the broker must say its seq
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChange:
-    """Change this process's member count of ``room`` by ``delta`` and tell everyone."""
-
-    session: Session
-    room: str
-    delta: int
 
 
 class ChatCore:
     """All sessions and rooms of one server process."""
 
-    def __init__(
-        self, implementation: str, limits: Limits | None = None, *, shared: bool = False
-    ) -> None:
-        """``shared=True`` when rooms are shared with other processes through a broker.
+    outcome_type: type[Outcome] = Outcome
 
-        Then ``say``, ``join`` and presence come back as broker work in the
-        :class:`Outcome` (``publish``, ``join``, ``presence``) instead of
-        sends, and messages reach members through :meth:`deliver`.
-        """
+    def __init__(self, implementation: str, limits: Limits | None = None) -> None:
         self.implementation = implementation
-        self.shared = shared
         self.limits = limits or Limits()
         self.rooms: RoomRegistry[Session] = RoomRegistry(
             self.limits.history_size, self.limits.max_idle_rooms
@@ -183,7 +125,7 @@ class ChatCore:
 
     def close(self, session: Session) -> Outcome:
         """Forget a connection that ended; tell the members of its rooms. Idempotent."""
-        outcome = Outcome()
+        outcome = self.outcome_type()
         if session.state is SessionState.CLOSED:
             return outcome
         session.state = SessionState.CLOSED
@@ -196,7 +138,7 @@ class ChatCore:
 
     def receive(self, session: Session, data: str | bytes, now: float | None = None) -> Outcome:
         """Handle one text frame from ``session``; never raises on bad input."""
-        outcome = Outcome()
+        outcome = self.outcome_type()
         if session.state is SessionState.CLOSED:
             return outcome
         now = time.monotonic() if now is None else now
@@ -222,112 +164,10 @@ class ChatCore:
 
     def receive_binary(self, session: Session) -> Outcome:
         """A binary frame: the protocol is text only, so close with 1003."""
-        return Outcome(
+        return self.outcome_type(
             close=Close(CloseCode.UNSUPPORTED_DATA, "text frames only", DisconnectReason.ERROR),
             dropped=DropReason.INVALID,
         )
-
-    # Shared rooms: called by a broker adapter once its I/O is done
-
-    def complete_join(
-        self,
-        session: Session,
-        pending: PendingJoin,
-        *,
-        seq: int,
-        members: int,
-        history: list[tuple[int, bytes]],
-    ) -> Outcome:
-        """Finish a join whose broker work (counting the member, history) is done.
-
-        ``seq`` is the room's seq at the broker (used when the room is new to
-        this process), ``members`` its member count across processes,
-        ``history`` ``(seq, payload)`` pairs from the broker's history (only
-        when ``since`` was given).
-        """
-        out = Outcome()
-        if session.state is not SessionState.READY or pending.room in session.rooms:
-            return out
-        local = self.rooms.get(pending.room)
-        fresh = local is None or not local.members
-        room, _ = self.rooms.add_member(pending.room, session)
-        session.rooms[room.name] = room
-        if fresh:
-            room.seq = max(room.seq, seq)
-        replay: list[bytes] = []
-        complete = True
-        if pending.since is not None:
-            known = dict(history)
-            known.update(room.history)
-            wanted = range(pending.since + 1, room.seq + 1)
-            replay = [known[n] for n in wanted if n in known]
-            complete = pending.since <= room.seq and len(replay) == len(wanted)
-        self._reply(session, out, messages.joined_message(room.name, room.seq, members, complete))
-        for payload in replay:
-            out.sends.append(((session,), payload))
-        return out
-
-    def deliver(self, room_name: str, seq: int, payload: bytes) -> Outcome:
-        """A message from the broker: send it to this process's members, in seq order.
-
-        A seq already delivered is dropped; a seq beyond the next one sets
-        ``outcome.gap`` and delivers nothing: fetch the missing messages from
-        history and deliver them first.
-        """
-        out = Outcome()
-        room = self.rooms.get(room_name)
-        if room is None or not room.members or seq <= room.seq:
-            return out
-        if seq > room.seq + 1:
-            out.gap = (room_name, room.seq, seq)
-            return out
-        room.seq = seq
-        room.history.append((seq, payload))
-        members = tuple(room.members)
-        out.sends.append((members, payload))
-        out.delivered = len(members)
-        return out
-
-    def deliver_presence(self, room_name: str, origin: str, payload: bytes) -> Outcome:
-        """A presence event from the broker, for every local member but its subject."""
-        out = Outcome()
-        room = self.rooms.get(room_name)
-        if room is not None:
-            others = tuple(member for member in room.members if member.id != origin)
-            if others:
-                out.sends.append((others, payload))
-        return out
-
-    def lose_room(self, room_name: str, seq: int, text: str) -> Outcome:
-        """The broker can no longer give this room's missing messages: drop its members.
-
-        Members must never see a silent gap: they are taken out of the room
-        and closed; they reconnect and rejoin with ``since``, and learn from
-        ``complete: false`` what is gone. The room restarts from ``seq``.
-        """
-        out = Outcome()
-        room = self.rooms.get(room_name)
-        if room is None:
-            return out
-        close = Close(CloseCode.TRY_AGAIN_LATER, text, DisconnectReason.ERROR)
-        for member in list(room.members):
-            member.rooms.pop(room_name, None)
-            self.rooms.remove_member(room, member)
-            out.closes.append((member, close))
-            out.presence.append(PresenceChange(member, room_name, -1))
-        room.seq = seq
-        room.history.clear()
-        return out
-
-    def unavailable(self, session: Session, ref: str | None = None) -> Outcome:
-        """The broker could not be reached: tell the client its message was not handled."""
-        out = Outcome(dropped=DropReason.INVALID)
-        self._error(session, out, ErrorCode.UNAVAILABLE, "chat service unavailable, retry", ref)
-        return out
-
-    def local_rooms(self) -> dict[str, int]:
-        """Rooms with local members and the last seq delivered in each."""
-        return {name: room.seq for name, room in self.rooms.items() if room.members}
 
     # Queries
 
@@ -371,11 +211,12 @@ class ChatCore:
         room = session.rooms.get(say.room)
         if room is None:
             raise ProtocolError(ErrorCode.NOT_JOINED, "join the room before saying something")
-        ts = time.time()
-        if self.shared:
-            head, tail = split_message(messages.chat_message(room.name, 0, session.name, say, ts))
-            out.publish = PendingSay(session, room.name, head, tail, say.id)
-            return
+        self._publish(session, room, say, time.time(), out)
+
+    def _publish(
+        self, session: Session, room: Room[Session], say: messages.Say, ts: float, out: Outcome
+    ) -> None:
+        """Give the message the room's next seq and send it to every member."""
         _, payload = room.append(
             lambda seq: codec.encode(messages.chat_message(room.name, seq, session.name, say, ts))
         )
@@ -392,10 +233,10 @@ class ChatCore:
                 ErrorCode.BAD_MESSAGE,
                 f"at most {self.limits.max_rooms_per_session} rooms per connection",
             )
-        if self.shared and join.room not in session.rooms:
-            local = self.rooms.get(join.room)
-            out.join = PendingJoin(session, join.room, join.since, not (local and local.members))
-            return
+        self._enter(session, join, out)
+
+    def _enter(self, session: Session, join: messages.Join, out: Outcome) -> None:
+        """Make ``session`` a member; answer ``joined``, replay, tell the others."""
         room, is_new = self.rooms.add_member(join.room, session)
         session.rooms[room.name] = room
         replay: list[bytes] = []
@@ -413,9 +254,11 @@ class ChatCore:
     def _leave(self, session: Session, room: Room[Session], out: Outcome) -> None:
         session.rooms.pop(room.name, None)
         self.rooms.remove_member(room, session)
-        if self.shared:
-            out.presence.append(PresenceChange(session, room.name, -1))
-        elif room.members:
+        self._left(session, room, out)
+
+    def _left(self, session: Session, room: Room[Session], out: Outcome) -> None:
+        """``session`` left ``room``: tell the members still in it."""
+        if room.members:
             self._presence(session, room, "leave", out)
 
     def _presence(self, session: Session, room: Room[Session], event: str, out: Outcome) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from common.broker import check_broker_url
 from common.capacity import default_max_connections
-from common.limits import KIB, MIB, Limits
+from common.limits import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,13 @@ class ServerConfig:
 
 
 def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.ArgumentParser:
-    """The command line of ``python -m <implementation>_server``."""
+    """The command line of ``python -m <implementation>_server``.
+
+    Every default is the one of :class:`ServerConfig` (and its :class:`Limits`),
+    except the ports, which differ per server.
+    """
+    config = ServerConfig()
+    limits = config.limits
     parser = argparse.ArgumentParser(
         prog=f"python -m {implementation}_server",
         description=f"twinchat, the {implementation} server: chat over WebSocket at /ws, "
@@ -65,41 +71,57 @@ def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     net = parser.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    net.add_argument("--host", default=config.host, help="address to listen on")
     net.add_argument("--port", type=int, default=port, help="chat port (WebSocket and HTTP)")
     net.add_argument(
         "--metrics-port", type=int, default=metrics_port, help="Prometheus port; 0 disables"
     )
 
-    limits = parser.add_argument_group("limits")
-    limits.add_argument(
+    group = parser.add_argument_group("limits")
+    group.add_argument(
         "--max-connections",
         type=int,
-        default=0,
+        default=config.max_connections,
         help="refuse connections past this many (503); 0, or more than the process can "
         "hold, means what the fd limit"
         + (" and the threads the machine can create" if implementation == "threaded" else "")
         + " allow",
     )
-    limits.add_argument("--max-frame-bytes", type=int, default=64 * KIB)
-    limits.add_argument("--max-text-chars", type=int, default=4096)
-    limits.add_argument("--rate", type=float, default=20.0, help="messages per second per client")
-    limits.add_argument("--burst", type=int, default=40, help="messages a client may send at once")
-    limits.add_argument("--history-size", type=int, default=100, help="messages kept per room")
-    limits.add_argument(
+    group.add_argument("--max-frame-bytes", type=int, default=limits.max_frame_bytes)
+    group.add_argument("--max-text-chars", type=int, default=limits.max_text_chars)
+    group.add_argument(
+        "--rate",
+        type=float,
+        default=limits.messages_per_second,
+        help="messages per second per client",
+    )
+    group.add_argument(
+        "--burst", type=int, default=limits.burst, help="messages a client may send at once"
+    )
+    group.add_argument(
+        "--history-size", type=int, default=limits.history_size, help="messages kept per room"
+    )
+    group.add_argument(
         "--max-backlog-bytes",
         type=int,
-        default=1 * MIB,
+        default=limits.max_backlog_bytes,
         help="unsent bytes after which a client that does not read is dropped",
     )
 
     timeouts = parser.add_argument_group("timeouts (seconds)")
-    timeouts.add_argument("--open-timeout", type=float, default=10.0, help="handshake deadline")
-    timeouts.add_argument("--ping-interval", type=float, default=20.0, help="0 disables pings")
-    timeouts.add_argument("--ping-timeout", type=float, default=20.0)
-    timeouts.add_argument("--close-timeout", type=float, default=2.0)
     timeouts.add_argument(
-        "--shutdown-timeout", type=float, default=5.0, help="bound on a graceful shutdown"
+        "--open-timeout", type=float, default=config.open_timeout, help="handshake deadline"
+    )
+    timeouts.add_argument(
+        "--ping-interval", type=float, default=config.ping_interval, help="0 disables pings"
+    )
+    timeouts.add_argument("--ping-timeout", type=float, default=config.ping_timeout)
+    timeouts.add_argument("--close-timeout", type=float, default=config.close_timeout)
+    timeouts.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=config.shutdown_timeout,
+        help="bound on a graceful shutdown",
     )
 
     security = parser.add_argument_group("security")
@@ -113,35 +135,39 @@ def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.
     security.add_argument(
         "--compression",
         choices=["none", "deflate"],
-        default="none",
+        default=config.compression or "none",
         help="permessage-deflate costs CPU and memory per connection",
     )
 
     scale = parser.add_argument_group("scale-out")
     scale.add_argument(
         "--broker",
-        default="memory",
+        default=config.broker,
         metavar="URL",
         help="where rooms live: 'memory' (this process only) or redis://host:port/db "
         "(shared by every process on that Redis)",
     )
 
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=config.workers,
+        help="processes sharing the chat port (SO_REUSEPORT); worker i serves "
+        "metrics on METRICS_PORT+i; more than 1 needs --broker redis://...",
+    )
+
     model = parser.add_argument_group(f"{implementation} server")
     if implementation == "async":
-        model.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-        model.add_argument(
-            "--workers",
-            type=int,
-            default=1,
-            help="processes sharing the chat port (SO_REUSEPORT); worker i serves "
-            "metrics on METRICS_PORT+i; more than 1 needs --broker redis://...",
-        )
+        model.add_argument("--loop", choices=["uvloop", "asyncio"], default=config.loop)
     else:
         model.add_argument(
-            "--thread-stack-kib", type=int, default=256, help="stack size of connection threads"
+            "--thread-stack-kib",
+            type=int,
+            default=config.thread_stack_kib,
+            help="stack size of connection threads",
         )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level", default=config.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     return parser
 
@@ -152,6 +178,7 @@ def parse_config(
     """Parse ``argv`` into a :class:`ServerConfig`, exiting with usage on bad flags."""
     parser = build_parser(implementation, port, metrics_port)
     args = parser.parse_args(argv)
+    defaults = ServerConfig()
     try:
         limits = Limits(
             max_frame_bytes=args.max_frame_bytes,
@@ -164,14 +191,14 @@ def parse_config(
         )
     except ValueError as exc:
         parser.error(str(exc))
-    stack = getattr(args, "thread_stack_kib", 256)
+    stack = getattr(args, "thread_stack_kib", defaults.thread_stack_kib)
     if stack < 32:
         parser.error("--thread-stack-kib must be at least 32")
     try:
         broker = check_broker_url(args.broker)
     except ValueError as exc:
         parser.error(str(exc))
-    workers = getattr(args, "workers", 1)
+    workers = args.workers
     if workers < 1:
         parser.error("--workers must be at least 1")
     if workers > 1 and broker == "memory":
@@ -197,7 +224,7 @@ def parse_config(
         compression=None if args.compression == "none" else args.compression,
         broker=broker,
         workers=workers,
-        loop=getattr(args, "loop", "threads"),
+        loop=getattr(args, "loop", defaults.loop),
         thread_stack_kib=stack,
         log_level=args.log_level,
     )

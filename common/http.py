@@ -1,8 +1,10 @@
-"""The plain-HTTP side of the chat port: the web page and the health check.
+"""The plain-HTTP side of the chat port: the web page, the health check, refusals.
 
-:func:`route` decides what a GET request for ``path`` gets. It returns
-``None`` for the WebSocket endpoint, which the server upgrades; each server
-turns an :class:`HttpReply` into its library's response object.
+:func:`answer` decides what a GET request for ``path`` gets, for both
+servers: a page, or ``None`` for the WebSocket endpoint (which the server
+upgrades), or a 503 with the :class:`~common.reasons.RejectReason` to count
+when the server is full. Each server turns an :class:`HttpReply` into its
+library's response object.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from common import codec
+from common.reasons import RejectReason
 
 WEBSOCKET_PATH = "/ws"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -52,6 +55,43 @@ def route(path: str, implementation: str, connections: int) -> HttpReply | None:
         )
         return HttpReply(200, "OK", "application/json", body)
     return HttpReply(404, "Not Found", "text/plain; charset=utf-8", b"not found\n")
+
+
+def answer(
+    path: str,
+    implementation: str,
+    *,
+    sessions: int,
+    sockets: int,
+    max_connections: int,
+    max_sockets: int,
+) -> tuple[HttpReply | None, RejectReason | None]:
+    """What a GET for ``path`` gets, and why it was refused if it was.
+
+    ``sessions`` are the open chat sessions, ``sockets`` the connections the
+    server holds (handshakes in progress included). A WebSocket upgrade gets
+    503 when ``sockets`` reaches ``max_sockets`` (near the fd limit:
+    ``overload``) or ``sessions`` reaches ``max_connections`` (``capacity``);
+    otherwise ``(None, None)``: upgrade.
+    """
+    reply = route(path, implementation, sessions)
+    if reply is not None:
+        return reply, None
+    if sockets >= max_sockets:
+        return unavailable(), RejectReason.OVERLOAD
+    if sessions >= max_connections:
+        return unavailable(), RejectReason.CAPACITY
+    return None, None
+
+
+def refused_upgrade(path: str, status: int) -> bool:
+    """Whether the WebSocket layer refused an upgrade that :func:`answer` let through.
+
+    :func:`answer` replies to the WebSocket path only with 503; any other
+    status there but 101 comes from the library (bad upgrade headers, an
+    origin not allowed): a ``handshake`` rejection.
+    """
+    return path.split("?", 1)[0] == WEBSOCKET_PATH and status not in (101, 503)
 
 
 def unavailable(text: str = "server at capacity, try again later") -> HttpReply:

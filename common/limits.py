@@ -44,7 +44,10 @@ class Limits:
     max_backlog_bytes: int = 1 * MIB
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "max_text_chars", "burst", "history_size"):
+        for name in (
+            "max_frame_bytes", "max_text_chars", "max_name_chars", "max_room_chars",
+            "max_id_chars", "burst", "history_size",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.messages_per_second <= 0:

@@ -19,7 +19,7 @@ from common.errors import ErrorCode, ProtocolError
 from common.limits import Limits
 
 PROTOCOL_VERSION = 1
-ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")  # and at most Limits.max_room_chars
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +87,12 @@ def _bad(message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE) -> ProtocolError
     return ProtocolError(code, message)
 
 
-def _room(obj: dict[str, Any]) -> str:
+def _room(obj: dict[str, Any], limits: Limits) -> str:
     room = obj.get("room")
     if not isinstance(room, str):
         raise _bad("room must be a string")
-    if not ROOM_PATTERN.fullmatch(room):
-        raise _bad("room must be 1-64 characters among A-Z a-z 0-9 _ . -")
+    if len(room) > limits.max_room_chars or not ROOM_PATTERN.fullmatch(room):
+        raise _bad(f"room must be 1-{limits.max_room_chars} characters among A-Z a-z 0-9 _ . -")
     return room
 
 
@@ -106,7 +106,7 @@ def _parse_hello(obj: dict[str, Any], limits: Limits) -> Hello:
 
 
 def _parse_join(obj: dict[str, Any], limits: Limits) -> Join:
-    room = _room(obj)
+    room = _room(obj, limits)
     since = obj.get("since")
     if since is not None and (type(since) is not int or since < 0):
         raise _bad("since must be a non-negative integer")
@@ -114,11 +114,11 @@ def _parse_join(obj: dict[str, Any], limits: Limits) -> Join:
 
 
 def _parse_leave(obj: dict[str, Any], limits: Limits) -> Leave:
-    return Leave(_room(obj))
+    return Leave(_room(obj, limits))
 
 
 def _parse_say(obj: dict[str, Any], limits: Limits) -> Say:
-    room = _room(obj)
+    room = _room(obj, limits)
     text = obj.get("text")
     if not isinstance(text, str):
         raise _bad("text must be a string")

@@ -20,16 +20,17 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     disable_created_metrics,
     start_http_server,
 )
 
-from common.chat import DisconnectReason, DropReason, Outcome
+from common import codec
+from common.chat import Outcome
+from common.reasons import BrokerOperation, DisconnectReason, DropReason, RejectReason
 
 # The *_created series double the exposition for no use on a dashboard.
 disable_created_metrics()
-
-REJECT_REASONS = ("capacity", "overload", "handshake")
 
 # Seconds, from 100 µs to 10 s: fan-out of a small room is sub-millisecond, a
 # saturated server's is seconds.
@@ -40,21 +41,21 @@ LATENCY_BUCKETS = (
 
 CONNECTIONS = Gauge("chat_connections", "WebSocket connections open now.")
 CONNECTIONS_OPENED = Counter(
-    "chat_connections_opened", "WebSocket connections accepted (handshake completed)."
+    "chat_connections_opened_total", "WebSocket connections accepted (handshake completed)."
 )
 CONNECTIONS_REJECTED = Counter(
-    "chat_connections_rejected",
+    "chat_connections_rejected_total",
     "Connections refused: capacity (--max-connections), overload (fd or thread "
     "limit), handshake (bad or timed-out handshake).",
     ["reason"],
 )
-DISCONNECTS = Counter("chat_disconnects", "Connections ended, by reason.", ["reason"])
-MESSAGES_RECEIVED = Counter("chat_messages_received", "Text frames received from clients.")
+DISCONNECTS = Counter("chat_disconnects_total", "Connections ended, by reason.", ["reason"])
+MESSAGES_RECEIVED = Counter("chat_messages_received_total", "Text frames received from clients.")
 MESSAGES_DELIVERED = Counter(
-    "chat_messages_delivered", "Chat messages handed to members (one per member per say)."
+    "chat_messages_delivered_total", "Chat messages handed to members (one per member per say)."
 )
 MESSAGES_DROPPED = Counter(
-    "chat_messages_dropped",
+    "chat_messages_dropped_total",
     "Client frames not acted on (rate_limited, invalid) and queued frames "
     "discarded with a slow consumer.",
     ["reason"],
@@ -66,17 +67,14 @@ FANOUT_SECONDS = Histogram(
 )
 ROOMS = Gauge("chat_rooms", "Rooms with at least one member.")
 THREADS = Gauge("chat_threads", "OS threads of the server process.")
-SERVER_INFO = Gauge(
-    "chat_server_info", "Which server this is.", ["implementation", "loop", "python"]
-)
-BROKER_OPERATIONS = ("publish", "join", "presence", "subscribe", "catch_up")
+SERVER_INFO = Info("chat_server", "Which server this is: implementation, loop, python.")
 BROKER_ERRORS = Counter(
-    "chat_broker_errors",
+    "chat_broker_errors_total",
     "Operations on the shared broker (Redis) that failed; clients got 'unavailable'.",
     ["operation"],
 )
 BROKER_RECOVERED = Counter(
-    "chat_broker_recovered_messages",
+    "chat_broker_recovered_messages_total",
     "Messages whose pub/sub delivery was lost and that were fetched from history instead.",
 )
 EVENT_LOOP_LAG = Histogram(
@@ -85,14 +83,14 @@ EVENT_LOOP_LAG = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-for _reason in REJECT_REASONS:
-    CONNECTIONS_REJECTED.labels(_reason)
-for _reason in DisconnectReason:
-    DISCONNECTS.labels(_reason.value)
-for _reason in DropReason:
-    MESSAGES_DROPPED.labels(_reason.value)
-for _operation in BROKER_OPERATIONS:
-    BROKER_ERRORS.labels(_operation)
+for _reject in RejectReason:
+    CONNECTIONS_REJECTED.labels(_reject.value)
+for _disconnect in DisconnectReason:
+    DISCONNECTS.labels(_disconnect.value)
+for _drop in DropReason:
+    MESSAGES_DROPPED.labels(_drop.value)
+for _operation in BrokerOperation:
+    BROKER_ERRORS.labels(_operation.value)
 
 
 def _os_threads() -> int:
@@ -124,7 +122,9 @@ def start(
     the HTTP server and its thread (``None`` when ``port`` is 0), so the
     caller can shut it down.
     """
-    SERVER_INFO.labels(implementation, loop, platform.python_version()).set(1)
+    SERVER_INFO.info(
+        {"implementation": implementation, "loop": loop, "python": platform.python_version()}
+    )
     CONNECTIONS.set_function(connections)
     ROOMS.set_function(rooms)
     if not port:
@@ -142,9 +142,29 @@ def record(outcome: Outcome, received_at: float) -> None:
         FANOUT_SECONDS.observe(time.perf_counter() - received_at)
 
 
+def delivered_from_broker(delivered: int, payload: bytes) -> None:
+    """Count a message of a shared room handed to ``delivered`` local members, and its
+    fan-out latency: from the say's server timestamp (``ts``) to now."""
+    if not delivered:
+        return
+    MESSAGES_DELIVERED.inc(delivered)
+    try:
+        FANOUT_SECONDS.observe(max(0.0, time.time() - codec.decode(payload)["ts"]))
+    except (codec.DecodeError, KeyError, TypeError):
+        pass
+
+
 def disconnected(reason: DisconnectReason) -> None:
     DISCONNECTS.labels(reason.value).inc()
 
 
-def rejected(reason: str) -> None:
-    CONNECTIONS_REJECTED.labels(reason).inc()
+def rejected(reason: RejectReason) -> None:
+    CONNECTIONS_REJECTED.labels(reason.value).inc()
+
+
+def dropped(reason: DropReason, count: int = 1) -> None:
+    MESSAGES_DROPPED.labels(reason.value).inc(count)
+
+
+def broker_error(operation: BrokerOperation) -> None:
+    BROKER_ERRORS.labels(operation.value).inc()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,6 +76,23 @@ class ChatClient:
             assert message["type"] == kind, message
             received.append(message)
         return received
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.05
+) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return whether it became true.
+
+    The one way the tests wait for a fact (a count, a message, a state) instead of
+    sleeping for a guessed time; the timeout only bounds a failing test.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 def metric_value(metrics_text: str, name: str, **labels: str) -> float:

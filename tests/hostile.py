@@ -48,16 +48,6 @@ def rss(server) -> float:
     return metric_value(server.metrics_text(), "process_resident_memory_bytes")
 
 
-def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return bool(value)
-        time.sleep(interval)
-
-
 # Bystander
 
 

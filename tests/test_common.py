@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from hypothesis import strategies as st
 
 from common import ChatCore, CloseCode, ErrorCode, Limits, ProtocolError
 from common.chat import DisconnectReason, DropReason
+from common.config import ServerConfig, parse_config
 from common.messages import Hello, Join, Say, parse_client_message
 from common.ratelimit import TokenBucket
 from common.rooms import RoomRegistry
+from common.shared import Gap, SharedChatCore
 
 COMMON = Path(__file__).resolve().parent.parent / "common"
 IO_MODULES = {
@@ -57,6 +60,63 @@ def test_chat_logic_imports_no_io():
     assert offenders == []
 
 
+def test_in_memory_core_knows_no_broker():
+    """common/chat.py imports nothing of the broker: scale-out plugs in from common/shared.py."""
+    tree = ast.parse((COMMON / "chat.py").read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    assert imported.isdisjoint({"common.broker", "common.shared"}), imported
+
+
+def test_disconnect_reason_rules():
+    """Asked beats shutdown, which beats the close frames; 1011 sent and nothing back is a
+    keepalive timeout; 1000/1001 from the peer is client_close; anything else error."""
+    from websockets.frames import Close
+
+    from common.reasons import disconnect_reason
+
+    def reason(asked=None, shutting_down=False, sent=None, received=None):
+        return disconnect_reason(
+            asked,
+            shutting_down=shutting_down,
+            sent=None if sent is None else Close(sent, ""),
+            received=None if received is None else Close(received, ""),
+        )
+
+    assert reason(DisconnectReason.RATE_LIMIT, True, 1008, 1008) is DisconnectReason.RATE_LIMIT
+    assert reason(None, True, 1001, 1001) is DisconnectReason.SHUTDOWN
+    assert reason(sent=1011) is DisconnectReason.TIMEOUT
+    assert reason(sent=1011, received=1011) is DisconnectReason.ERROR
+    assert reason(received=1000) is DisconnectReason.CLIENT_CLOSE
+    assert reason(sent=1001, received=1001) is DisconnectReason.CLIENT_CLOSE
+    assert reason(received=4000) is DisconnectReason.ERROR
+    assert reason() is DisconnectReason.ERROR  # no close frame either way
+
+
+def test_handshake_answers():
+    """Pages for / and /healthz; past the socket limit overload, past max sessions capacity."""
+    from common.http import answer, refused_upgrade
+    from common.reasons import RejectReason
+
+    def status(path, sessions=0, sockets=1):
+        reply, why = answer(path, "t", sessions=sessions, sockets=sockets,
+                            max_connections=2, max_sockets=10)  # fmt: skip
+        return (reply and reply.status, why)
+
+    assert status("/") == (200, None) and status("/healthz") == (200, None)
+    assert status("/nope") == (404, None)
+    assert status("/ws") == (None, None) and status("/ws?x=1", sessions=1) == (None, None)
+    assert status("/ws", sessions=2) == (503, RejectReason.CAPACITY)
+    assert status("/ws", sessions=2, sockets=10) == (503, RejectReason.OVERLOAD)
+    assert status("/", sessions=2, sockets=10) == (200, None)  # pages are always served
+    assert refused_upgrade("/ws", 403) and refused_upgrade("/ws?a=b", 400)
+    assert not refused_upgrade("/ws", 101) and not refused_upgrade("/ws", 503)
+    assert not refused_upgrade("/healthz", 404)
+
+
 def test_hello_then_welcome():
     """A valid hello moves the session to ready and is answered with welcome."""
     core = ChatCore("test")
@@ -93,6 +153,25 @@ def test_presence_and_close():
     assert core.connections == 1
 
 
+def test_room_names_bounded_by_max_room_chars():
+    """Room names longer than Limits.max_room_chars are refused with bad_message."""
+    limits = Limits(max_room_chars=5)
+    assert parse_client_message('{"type":"join","room":"abcde"}', limits)[0] == Join("abcde")
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message('{"type":"join","room":"abcdef"}', limits)
+    assert info.value.code is ErrorCode.BAD_MESSAGE and "1-5 characters" in info.value.message
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """Without flags, both command lines give ServerConfig's and Limits' defaults."""
+    for implementation in ("threaded", "async"):
+        config = parse_config(implementation, 8100, 9100, [])
+        assert config == dataclasses.replace(
+            ServerConfig(), port=8100, metrics_port=9100, max_connections=config.max_connections
+        )
+        assert config.max_connections > 0  # 0 means: what the process can hold
+
+
 def test_rate_limit_then_flood_close():
     """Past the burst: rate_limited errors, then a 1008 close after flood_tolerance more."""
     core = ChatCore("test", Limits(messages_per_second=1, burst=3, flood_tolerance=2))
@@ -104,7 +183,7 @@ def test_rate_limit_then_flood_close():
     assert codes[2:4] == ["rate_limited", "rate_limited"]
     assert outcomes[4].close is not None
     assert outcomes[4].close.code == CloseCode.POLICY_VIOLATION
-    assert outcomes[4].close.reason is DisconnectReason.RATE_LIMIT
+    assert outcomes[4].close.disconnect is DisconnectReason.RATE_LIMIT
     assert all(o.dropped is DropReason.RATE_LIMITED for o in outcomes[2:])
 
 
@@ -114,6 +193,14 @@ def test_rate_limit_refills():
     assert [bucket.allow(0) for _ in range(3)] == [True, True, False]
     assert bucket.allow(0.5) is True
     assert bucket.allow(0.5) is False
+    # Two refusals in a row close at flood_tolerance=2, unless a served message comes between.
+    core = ChatCore("test", Limits(messages_per_second=1, burst=1, flood_tolerance=2))
+    s = ready(core, "A", now=0)  # hello took the only token
+    ping = '{"type":"ping"}'
+    assert [core.receive(s, ping, now=0).dropped for _ in range(2)] == [DropReason.RATE_LIMITED] * 2
+    assert core.receive(s, ping, now=1).dropped is None  # refilled: served, the count restarts
+    refused = [core.receive(s, ping, now=1) for _ in range(3)]
+    assert [o.close is None for o in refused] == [True, True, False]
 
 
 def test_history_replay_and_completeness():
@@ -230,11 +317,11 @@ def test_envelopes_round_trip():
 
 
 def test_shared_core_hands_say_and_join_to_the_broker():
-    """With shared=True, say and join become broker work and nothing is sent yet."""
-    core = ChatCore("test", shared=True)
+    """In the shared core, say and join become broker work and nothing is sent yet."""
+    core = SharedChatCore("test")
     a = ready(core, "A")
     outcome = core.receive(a, '{"type":"join","room":"r"}', now=0)
-    assert outcome.sends == [] and outcome.join is not None and outcome.join.is_new
+    assert outcome.sends == [] and outcome.join is not None and outcome.join.fetch_seq
     joined = core.complete_join(a, outcome.join, seq=7, members=3, history=[])
     [(_, message)] = frames(joined)
     assert (message["type"], message["seq"], message["members"]) == ("joined", 7, 3)
@@ -245,14 +332,14 @@ def test_shared_core_hands_say_and_join_to_the_broker():
 
 def test_shared_core_delivers_in_order_and_reports_gaps():
     """deliver() sends the next seq, drops seqs already delivered, and reports gaps."""
-    core = ChatCore("test", shared=True)
+    core = SharedChatCore("test")
     a = ready(core, "A")
     pending = core.receive(a, '{"type":"join","room":"r"}', now=0).join
     core.complete_join(a, pending, seq=5, members=1, history=[])
     assert core.deliver("r", 6, b'{"seq":6}').delivered == 1
     assert core.deliver("r", 6, b'{"seq":6}').sends == []  # duplicate
     gap = core.deliver("r", 9, b'{"seq":9}')
-    assert gap.sends == [] and gap.gap == ("r", 6, 9)
+    assert gap.sends == [] and gap.gap == Gap("r", 6, 9)
     assert core.deliver("elsewhere", 1, b"{}").sends == []
     lost = core.lose_room("r", 9, "missed messages")
     assert [(s.connection, c.code) for s, c in lost.closes] == [("A", CloseCode.TRY_AGAIN_LATER)]
@@ -261,7 +348,7 @@ def test_shared_core_delivers_in_order_and_reports_gaps():
 
 def test_shared_core_replays_from_broker_history():
     """join with since replays from the broker's history; incomplete when it has a hole."""
-    core = ChatCore("test", shared=True)
+    core = SharedChatCore("test")
     a = ready(core, "A")
     pending = core.receive(a, '{"type":"join","room":"r","since":2}', now=0).join
     history = [(3, b'{"seq":3}'), (4, b'{"seq":4}')]

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from chatclient import ChatClient, http_get, metric_value
+from chatclient import ChatClient, http_get, metric_value, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 _rooms = itertools.count(1)
@@ -327,11 +327,55 @@ def test_capacity_refused_with_503(server_factory, server):
         assert a.expect("pong")["t"] == 1
     metrics = srv.metrics_text()
     assert metric_value(metrics, "chat_connections_rejected_total", reason="capacity") == 1
-    deadline = time.monotonic() + 10
-    while srv.healthz()["connections"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: srv.healthz()["connections"] == 0)
     with ChatClient(srv.url) as c:  # room again once the others left
         c.hello()
+
+
+def test_refusals_counted_by_reason(server_factory, server):
+    """A refused upgrade (bad Origin, 403) counts as handshake, a 503 when full as capacity."""
+    good = "http://good.example"
+    srv = server_factory(server.kind, "--max-connections", "1", "--allowed-origin", good)
+    with pytest.raises(InvalidStatus) as info:
+        ChatClient(srv.url, origin="http://evil.example")
+    assert info.value.response.status_code == 403
+    with ChatClient(srv.url, origin=good) as c:
+        c.hello()
+        with pytest.raises(InvalidStatus) as info:
+            ChatClient(srv.url, origin=good)
+        assert info.value.response.status_code == 503
+    metrics = srv.metrics_text()
+    counted = {
+        reason: metric_value(metrics, "chat_connections_rejected_total", reason=reason)
+        for reason in ("handshake", "capacity", "overload")
+    }
+    assert counted == {"handshake": 1, "capacity": 1, "overload": 0}
+
+
+def test_disconnect_reasons(server):
+    """A close with 1000 or 1001 counts as client_close; another code, or no close frame
+    at all, as error; a server-side close as the reason the server had (here 1003)."""
+
+    def count(reason: str) -> float:
+        return metric_value(server.metrics_text(), "chat_disconnects_total", reason=reason)
+
+    before = {reason: count(reason) for reason in ("client_close", "error")}
+    for code in (1000, 1001):
+        c = ChatClient(server.url)
+        c.hello()
+        c.ws.close(code)
+    c = ChatClient(server.url)
+    c.hello()
+    c.ws.close(4000)
+    c = ChatClient(server.url)
+    c.hello()
+    c.ws.socket.close()  # no close frame
+    c = ChatClient(server.url)
+    c.hello()
+    c.ws.send(b"\x00")  # binary: the server closes with 1003, for an error
+    assert close_code(c) == 1003
+    assert wait_for(lambda: count("client_close") == before["client_close"] + 2)
+    assert wait_for(lambda: count("error") == before["error"] + 3)
 
 
 def test_origin_restricted(server_factory, server):

@@ -16,8 +16,8 @@ import threading
 import time
 
 import pytest
-from chatclient import TIMEOUT, ChatClient, metric_value
-from hostile import Bystander, Relay, masked_frame, new_room, rss, wait_for
+from chatclient import TIMEOUT, ChatClient, metric_value, wait_for
+from hostile import Bystander, Relay, masked_frame, new_room, rss
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 MIB = 1024 * 1024
@@ -163,7 +163,8 @@ def test_fd_limit_reached(server_factory, server):
             assert len(clients) > FD_LIMIT // 2  # the limit hit was the fd limit, not less
             assert srv.proc.poll() is None, "server died at the fd limit"
             # The bystander chats on while the table is full.
-            time.sleep(1)
+            heard = len(bystander.received)
+            assert wait_for(lambda: len(bystander.received) >= heard + 5)
             for c in clients[:50]:
                 c.close()
             del clients[:50]
@@ -217,7 +218,10 @@ def test_sigterm_with_messages_queued(server_factory, server):
         text = "q" * 2000
         for n in range(300):
             sender.say(room, text, id=str(n))
-        time.sleep(0.2)
+        # Every say reached the server (5 hellos, 5 joins, 300 says) before the signal.
+        assert wait_for(
+            lambda: metric_value(srv.metrics_text(), "chat_messages_received_total") >= 310
+        )
         srv.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
 
@@ -264,7 +268,10 @@ def test_reconnect_with_since_loses_nothing(server):
             joined = c.join(room)
             base = joined["seq"]
             seen += [m["seq"] for m in c.messages(5)]
-        time.sleep(1.0)  # the bystander says ~10 more while we are away
+        # The bystander says 10 more while we are away.
+        assert wait_for(
+            lambda: bystander.received and bystander.received[-1]["seq"] >= seen[-1] + 10
+        )
         with ChatClient(server.url) as c:
             c.hello()
             joined = c.join(room, since=seen[-1])

@@ -16,7 +16,7 @@ import time
 import zlib
 
 import pytest
-from chatclient import TIMEOUT, ChatClient, metric_value
+from chatclient import TIMEOUT, ChatClient, metric_value, wait_for
 from hostile import (
     Bystander,
     RawClient,
@@ -25,7 +25,6 @@ from hostile import (
     new_room,
     raw_request,
     rss,
-    wait_for,
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 

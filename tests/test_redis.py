@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from chatclient import ChatClient, metric_value
+from chatclient import ChatClient, metric_value, wait_for
 
 from loadtest.redisproc import REDIS_SERVER, RedisProcess
 
@@ -173,12 +173,44 @@ def test_member_counts_recover_from_leaves_during_an_outage(redis_server, server
         leave(crowd[0], r)
         for client in crowd[1:]:
             client.close()
-        time.sleep(1)  # let the server try (and fail) to count them out
+        # The server tried to count them out, and failed.
+        assert wait_for(
+            lambda: (
+                metric_value(
+                    crowd_srv.metrics_text(), "chat_broker_errors_total", operation="presence"
+                )
+                >= 1
+            )
+        )
         redis_server.start()
         rejoin_until_members(watcher, r, 1)
     crowd[0].close()
-    text = crowd_srv.metrics_text()
-    assert metric_value(text, "chat_broker_errors_total", operation="presence") >= 1  # they failed
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_broker_errors_counted_the_same_way(redis_server, server_factory, kind):
+    """Redis down: the lost subscription counts as subscribe and the failed position
+    checks as catch_up, on both servers; clients are still served, and chat resumes."""
+    srv = server_factory(kind, "--broker", redis_server.url)
+    r = room()
+
+    def errors(operation: str) -> float:
+        return metric_value(srv.metrics_text(), "chat_broker_errors_total", operation=operation)
+
+    with ChatClient(srv.url) as c:
+        c.hello()
+        c.join(r)  # a local room: the position check has work to do
+        redis_server.stop()
+        assert wait_for(lambda: errors("subscribe") >= 1 and errors("catch_up") >= 1)
+        c.send({"type": "ping", "t": 1})
+        assert c.expect("pong")["t"] == 1
+        redis_server.start()
+        assert wait_for(lambda: _say_goes_through(c, r), timeout=20)
+
+
+def _say_goes_through(client: ChatClient, room_name: str) -> bool:
+    client.say(room_name, "back?")
+    return client.recv()["type"] == "message"
 
 
 @pytest.mark.parametrize(("first", "second"), [("async", "threaded"), ("threaded", "async")])
@@ -244,9 +276,10 @@ def test_redis_outage_gives_unavailable_then_recovers(redis_server, server_facto
     assert errors >= 1
 
 
-def test_two_workers_share_one_port(redis_server, server_factory):
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_two_workers_share_one_port(redis_server, server_factory, kind):
     """--workers 2: connections spread over two processes that share rooms."""
-    srv = server_factory("async", "--broker", redis_server.url, "--workers", "2")
+    srv = server_factory(kind, "--broker", redis_server.url, "--workers", "2")
     r = room()
     clients = [ChatClient(srv.url) for _ in range(8)]
     try:
@@ -266,10 +299,11 @@ def test_two_workers_share_one_port(redis_server, server_factory):
             c.close()
 
 
-def test_workers_need_a_shared_broker():
+@pytest.mark.parametrize("module", ["async_server", "threaded_server"])
+def test_workers_need_a_shared_broker(module):
     """--workers 2 with the in-memory broker is refused with a clear error."""
     result = subprocess.run(
-        [sys.executable, "-m", "async_server", "--workers", "2"],
+        [sys.executable, "-m", module, "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -2,25 +2,33 @@
 
 The protocol (keys, Lua scripts, envelopes, gap handling) is in
 :mod:`common.broker`; this adapter only does the I/O, the threaded way:
-connection threads call Redis and wait, and one ``broker`` thread listens to
-the pattern subscription and checks room positions every second to catch
-messages pub/sub lost. It mirrors ``async_server/broker.py`` line for line.
+connection threads call Redis and wait, one thread listens to the pattern
+subscription, and another checks room positions every second to catch
+messages pub/sub lost. It mirrors ``async_server/broker.py`` line for line;
+the core is only touched under the server's chat lock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
-import orjson
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
 from common import broker as proto
 from common import metrics
-from common.chat import ChatCore, Outcome, PendingJoin, PendingSay, PresenceChange
+from common.chat import ChatCore, Outcome
+from common.config import ServerConfig
+from common.reasons import BrokerOperation
+from common.shared import (
+    PendingJoin,
+    PendingSay,
+    PresenceChange,
+    SharedChatCore,
+    SharedOutcome,
+)
 
 logger = logging.getLogger("twinchat.threaded.broker")
 
@@ -32,22 +40,22 @@ LISTEN_TIMEOUT = 0.2
 class RedisBroker:
     """Publishes says, counts members and delivers messages of shared rooms.
 
-    ``apply(produce)`` runs ``produce()`` on the core under the server's chat
-    lock (``lock``) and delivers the outcome it returns.
+    ``deliver(outcome)`` is the server's, called with ``lock`` (the server's
+    chat lock) held, as every call into the core.
     """
 
     def __init__(
         self,
         url: str,
-        core: ChatCore,
-        apply: Callable[[Callable[[], Outcome]], Outcome],
+        core: SharedChatCore,
+        deliver: Callable[[Outcome], None],
         lock: threading.Lock,
         *,
         position_check_interval: float = proto.POSITION_CHECK_INTERVAL,
     ) -> None:
         self.core = core
-        self._apply = apply
-        self._lock = lock  # the server's chat lock, for reading the core
+        self._deliver = deliver
+        self._lock = lock  # the server's chat lock
         self.process_id = proto.new_process_id()
         self.position_check_interval = position_check_interval
         pool = redis.BlockingConnectionPool.from_url(url, **proto.POOL_OPTIONS)
@@ -55,7 +63,7 @@ class RedisBroker:
         self._publish = self.redis.register_script(proto.PUBLISH_SCRIPT)
         self._presence = self.redis.register_script(proto.PRESENCE_SCRIPT)
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._listen_forever, name="broker", daemon=True)
+        self._threads: list[threading.Thread] = []
         self._catch_up_lock = threading.Lock()
         # Removals from presence that failed, by (session id, room), resent every
         # position check; and the ones being resent, which a join of the same
@@ -65,12 +73,19 @@ class RedisBroker:
         self._unsent_lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._subscribe_forever, name="broker-sub", daemon=True),
+            threading.Thread(
+                target=self._check_positions_forever, name="broker-check", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(TIMEOUT + 1)
+        for thread in self._threads:
+            thread.join(TIMEOUT + 1)
         try:
             self.redis.delete(proto.process_key(self.process_id))
         except (RedisError, OSError):
@@ -81,6 +96,7 @@ class RedisBroker:
 
     def handle(self, outcome: Outcome) -> None:
         """Do the broker work an outcome asks for, delivering what comes of it."""
+        assert isinstance(outcome, SharedOutcome)
         if outcome.publish is not None:
             self._publish_say(outcome.publish)
         if outcome.join is not None:
@@ -93,9 +109,10 @@ class RedisBroker:
         try:
             self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("publish").inc()
+            metrics.broker_error(BrokerOperation.PUBLISH)
             logger.warning("publish failed: %s", exc)
-            self._apply(lambda: self.core.unavailable(say.session, say.ref))
+            with self._lock:
+                self._deliver(self.core.unavailable(say.session, say.ref))
 
     def _join(self, join: PendingJoin) -> None:
         """Count and announce the member, read seq and history; then complete the join."""
@@ -104,25 +121,27 @@ class RedisBroker:
             self._unsent.pop(key, None)  # this join sets the membership anyway
             resending = self._resending.get(key)
         if resending is not None:
-            resending.wait(TIMEOUT * 2)
+            resending.wait(proto.RESEND_WAIT)
         try:
             replies = self._join_round_trip(join)
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("join").inc()
+            metrics.broker_error(BrokerOperation.JOIN)
             logger.warning("join failed: %s", exc)
-            self._apply(lambda: self.core.unavailable(join.session))
+            with self._lock:
+                self._deliver(self.core.unavailable(join.session))
             # The add may have run before the error: take it back, later if need be.
             self._keep_unsent(PresenceChange(join.session, join.room, -1))
             return
-        seq, history, members = proto.parse_join_replies(replies, join.since, join.is_new)
+        seq, history, members = proto.parse_join_replies(replies, join.since, join.fetch_seq)
         # From complete_join on, the session is a member and gets the room's
-        # messages: ``joined`` is sent under the same chat lock hold, so
-        # nothing can be sent to it before.
-        self._apply(
-            lambda: self.core.complete_join(
-                join.session, join, seq=seq, members=members, history=history
+        # messages: ``joined`` must be sent before anything else can be, so
+        # both happen under one hold of the chat lock.
+        with self._lock:
+            self._deliver(
+                self.core.complete_join(
+                    join.session, join, seq=seq, members=members, history=history
+                )
             )
-        )
         if join.room not in join.session.rooms:  # it closed while the join was in flight
             self._change_presence(PresenceChange(join.session, join.room, -1))
 
@@ -138,7 +157,7 @@ class RedisBroker:
         def send() -> list:
             with self.redis.pipeline(transaction=False) as pipe:
                 proto.queue_join(
-                    pipe, join.room, join.since, join.is_new, self.process_id,
+                    pipe, join.room, join.since, join.fetch_seq, self.process_id,
                     join.session.id, join.session.name, self._presence.sha,
                 )  # fmt: skip
                 return pipe.execute()
@@ -163,7 +182,7 @@ class RedisBroker:
             self._presence(keys=keys, args=args)
             return True
         except (RedisError, OSError) as exc:
-            metrics.BROKER_ERRORS.labels("presence").inc()
+            metrics.broker_error(BrokerOperation.PRESENCE)
             logger.warning("presence update failed: %s", exc)
             if change.delta < 0:
                 self._keep_unsent(change)
@@ -196,27 +215,21 @@ class RedisBroker:
                 return
             logger.info("resent presence: %s left %s", key[0], change.room)
 
-    # Messages from Redis (the broker thread)
+    # Messages from Redis
 
-    def _listen_forever(self) -> None:
+    def _subscribe_forever(self) -> None:
         while not self._stopping.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe(proto.CHANNEL_PATTERN)
                 logger.info("subscribed to %s", proto.CHANNEL_PATTERN)
                 self._check_positions()  # what was published while we were away
-                next_check = time.monotonic() + self.position_check_interval
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=LISTEN_TIMEOUT)
                     if message is not None and message["type"] == "pmessage":
                         self._receive(message["channel"], message["data"])
-                    if time.monotonic() >= next_check:
-                        self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
-                        self._check_positions()
-                        self._resend_presence()
-                        next_check = time.monotonic() + self.position_check_interval
             except (RedisError, OSError) as exc:
-                metrics.BROKER_ERRORS.labels("subscribe").inc()
+                metrics.broker_error(BrokerOperation.SUBSCRIBE)
                 logger.warning("subscription lost: %s; retrying", exc)
                 self._stopping.wait(RETRY_DELAY)
             finally:
@@ -230,20 +243,34 @@ class RedisBroker:
         if envelope is None:
             return
         if envelope.kind is proto.Kind.PRESENCE:
-            self._apply(
-                lambda: self.core.deliver_presence(envelope.room, envelope.origin, envelope.payload)
-            )
+            with self._lock:
+                outcome = self.core.deliver_presence(
+                    envelope.room, envelope.origin, envelope.payload
+                )
+                self._deliver(outcome)
             return
         self._deliver_message(envelope.room, envelope.seq, envelope.payload)
 
     def _deliver_message(self, room: str, seq: int, payload: bytes) -> None:
-        outcome = self._apply(lambda: self.core.deliver(room, seq, payload))
+        with self._lock:
+            outcome = self.core.deliver(room, seq, payload)
+            self._deliver(outcome)
         if outcome.gap is not None:
-            self._catch_up(room, outcome.gap[1], seq)
-            outcome = self._apply(lambda: self.core.deliver(room, seq, payload))
-        if outcome.delivered:
-            metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-            _observe_fanout(payload)
+            self._catch_up(room, outcome.gap.delivered, seq)
+            with self._lock:
+                outcome = self.core.deliver(room, seq, payload)
+                self._deliver(outcome)
+        metrics.delivered_from_broker(outcome.delivered, payload)
+
+    def _check_positions_forever(self) -> None:
+        while not self._stopping.wait(self.position_check_interval):
+            try:
+                self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)
+                self._check_positions()
+                self._resend_presence()
+            except (RedisError, OSError) as exc:
+                metrics.broker_error(BrokerOperation.CATCH_UP)
+                logger.warning("position check failed: %s", exc)
 
     def _check_positions(self) -> None:
         """Compare each local room's last delivered seq with Redis; fix what differs."""
@@ -274,33 +301,67 @@ class RedisBroker:
                     proto.history_key(room), after + 1, upto, withscores=True
                 )
             except (RedisError, OSError) as exc:
-                metrics.BROKER_ERRORS.labels("catch_up").inc()
+                metrics.broker_error(BrokerOperation.CATCH_UP)
                 logger.warning("catch-up of %s failed: %s", room, exc)
                 return
-            for payload, score in entries:
-                outcome = self._apply(lambda p=payload, s=score: self.core.deliver(room, int(s), p))
-                if outcome.gap is not None:
-                    break
-                metrics.BROKER_RECOVERED.inc()
-                metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-            local = self._local_rooms().get(room)
-            if local is not None and local < upto:
+            # Deliver, check and give up in one hold of the chat lock, as the async
+            # adapter does between two awaits: a join completed in between would
+            # otherwise look like a room still behind.
+            lost = None
+            with self._lock:
+                for payload, score in entries:
+                    outcome = self.core.deliver(room, int(score), payload)
+                    self._deliver(outcome)
+                    if outcome.gap is not None:
+                        break
+                    metrics.BROKER_RECOVERED.inc()
+                    metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
+                local = self.core.local_rooms().get(room)
+                if local is not None and local < upto:
+                    lost = self.core.lose_room(room, upto, "missed messages, rejoin")
+                    self._deliver(lost)
+            if lost is not None:
                 logger.warning("room %s: messages %d..%d are gone from history", room, local, upto)
-                self._lose_room(room, upto, "missed messages, rejoin")
+                for change in lost.presence:
+                    self._change_presence(change)
 
     def _local_rooms(self) -> dict[str, int]:
         with self._lock:
             return self.core.local_rooms()
 
     def _lose_room(self, room: str, seq: int, text: str) -> None:
-        outcome = self._apply(lambda: self.core.lose_room(room, seq, text))
+        with self._lock:
+            outcome = self.core.lose_room(room, seq, text)
+            self._deliver(outcome)
         for change in outcome.presence:
             self._change_presence(change)
 
 
-def _observe_fanout(payload: bytes) -> None:
-    """Fan-out latency of a shared room: from the say's server timestamp to now."""
-    try:
-        metrics.FANOUT_SECONDS.observe(max(0.0, time.time() - orjson.loads(payload)["ts"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
+class LocalRooms:
+    """``--broker memory``: rooms live in this process only, so there is no broker work."""
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def handle(self, outcome: Outcome) -> None:
+        """Nothing to do: the in-memory core already sent everything."""
+
+
+def plug(
+    config: ServerConfig,
+    implementation: str,
+    deliver: Callable[[Outcome], None],
+    lock: threading.Lock,
+) -> tuple[ChatCore, LocalRooms | RedisBroker]:
+    """The chat core and its broker for ``config.broker``: the one place a server picks them.
+
+    ``deliver`` and ``lock`` are the server's: the broker calls ``deliver``
+    with ``lock`` (the chat lock) held.
+    """
+    if config.broker == "memory":
+        return ChatCore(implementation, config.limits), LocalRooms()
+    core = SharedChatCore(implementation, config.limits)
+    return core, RedisBroker(config.broker, core, deliver, lock)

@@ -1,20 +1,41 @@
-"""One client connection of the threaded server, run by its own thread.
+"""One client connection of the threaded server, served by its own thread.
 
-The thread does blocking reads and speaks WebSocket through the websockets
-library's Sans-I/O layer (:class:`websockets.server.ServerProtocol`), so the
-bytes on the wire are the library's, as on the asyncio server.
+Why the threaded server has its own WebSocket I/O instead of
+``websockets.sync.server``: the library's threaded server costs 3 threads and
+4 fds per connection (1,000 idle clients: 3,001 threads, 4,009 fds; it died
+of EMFILE near 5,000 connections under a 20,000-fd limit), and its ``send``
+holds a per-connection mutex across a blocking ``sendall``, so a fan-out
+under ``chat_lock`` waits for the slowest member of the room, and one client
+that stops reading stalls its room. This module keeps what the library's
+Sans-I/O layer (:class:`websockets.server.ServerProtocol`) does, so the bytes
+on the wire are the library's as on the asyncio server, and adds only the
+I/O: 1 thread and 1 fd per connection, sends that never block, and one
+:class:`~threaded_server.drainer.Drainer` thread for the bytes a socket did
+not take at once. The naive version of this design is the ``bare-threaded``
+reference of ``make bench`` (``loadtest/bench/refs.py``: a thread per
+connection on ``ServerProtocol``, ``sendall`` under each connection's lock):
+in the full run of 2026-11-25 it delivered 269k / 311k / 278k messages/s to
+100 / 1,000 / 5,000 receivers, and held 19,500 idle connections at 31.6 KiB
+each (docs/bench.md); it has no slow-consumer bound, so one client that
+stops reading blocks its sender for good.
+
+A :class:`Connection` offers what ``websockets.sync.server.ServerConnection``
+offers, so the server's handler reads like the asyncio server's:
+
+* iteration over the incoming messages (``str`` for text, ``bytes`` for
+  binary) until the connection closes, then ``ConnectionClosedOK`` ends the
+  loop and ``ConnectionClosedError`` is raised after an abnormal end;
+* :meth:`Connection.send_text`, :meth:`Connection.close`,
+  :attr:`Connection.close_code`, :attr:`Connection.remote_address`;
+* the read loop, keepalive pings and the hand-off to the drainer, inside.
 
 Writes come from many threads: the connection's own (replies), any thread
-whose ``say`` reaches this client's rooms, and the server's drainer. They all
-go through :meth:`Connection.send_text` (or the protocol's own frames) and the
-outbox:
-
-* ``self.lock`` guards the protocol object and the outbox; it is held only for
-  memory operations and *non-blocking* sends, never while waiting on a socket;
-* bytes the kernel does not take at once stay in the outbox, in order, and the
-  server's single drainer thread writes them when the socket is writable;
-* once the outbox passes ``max_backlog_bytes`` the client is cut off as a
-  slow consumer, so nobody ever waits for it.
+whose ``say`` reaches this client's rooms, and the drainer. ``self.lock``
+guards the protocol object and the outbox; it is held only for memory
+operations and *non-blocking* sends, never while waiting on a socket. Bytes
+the kernel does not take at once stay in the outbox, in order, until the
+drainer writes them; the server cuts off a client whose :attr:`backlog`
+passes its bound.
 """
 
 from __future__ import annotations
@@ -26,21 +47,16 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
-from websockets.datastructures import Headers
-from websockets.frames import CloseCode as WsCloseCode
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
-from common import metrics
-from common.chat import DisconnectReason, Session
-from common.http import HttpReply, route, unavailable
-
-if TYPE_CHECKING:
-    from threaded_server.server import ChatServer
+from threaded_server.drainer import Drainer
 
 logger = logging.getLogger("twinchat.threaded")
 
@@ -48,6 +64,10 @@ RECV_BUFFER = 65536
 POLL_IN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 # An int: ``socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL`` is an IntFlag operation per call.
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+NO_PING_WAIT = 3600.0  # seconds a read waits when keepalive is off
+
+ProcessRequest = Callable[["Connection", Request], Response | None]
+ProcessResponse = Callable[["Connection", Request, Response], Response | None]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -58,106 +78,222 @@ def text_frame(payload: bytes) -> bytes:
 class Connection:
     """A client socket, its WebSocket protocol state and its outbox."""
 
-    def __init__(self, server: ChatServer, sock: socket.socket, address: tuple) -> None:
-        self.server = server
-        self.config = server.config
-        self.sock = sock
-        self.address = address
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: tuple,
+        drainer: Drainer,
+        *,
+        # Protocol
+        origins: list[str] | None = None,
+        extensions: list[ServerExtensionFactory] | None = None,
+        max_size: int | None = None,
+        # Timeouts
+        open_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 2.0,
+    ) -> None:
+        self.socket = sock
+        self.remote_address = address
         self.fileno = sock.fileno()
+        self.drainer = drainer
+        self.open_timeout = open_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
         self.lock = threading.Lock()
-        self.protocol = ServerProtocol(
-            origins=self.config.origins,
-            extensions=server.extensions,
-            max_size=self.config.limits.max_frame_bytes,
-        )
-        self.session: Session | None = None
+        self.protocol = ServerProtocol(origins=origins, extensions=extensions, max_size=max_size)
+        self.request: Request | None = None
+        self.response: Response | None = None
         # Guarded by self.lock:
         self.outbox: deque[bytes] = deque()
-        self.backlog = 0
+        self.backlog = 0  # bytes in the outbox
         self.draining = False  # the drainer owns the outbox until it is empty
-        self.close_reason: DisconnectReason | None = None
-        # The WebSocket is open and no close was started: chat messages may be
-        # sent. Kept by _write_protocol_data_locked, read on the fan-out path.
+        # The WebSocket is open, no close was started and the socket was not
+        # aborted: messages may be sent. Read on the fan-out path.
         self.sending = False
+        self._aborted = False
         # Owned by the connection's thread:
-        self._early_frames: list[Frame] = []
+        self._messages: deque[str | bytes] = deque()
         self._fragments: list[bytes] = []
-        self._fragment_opcode: Opcode | None = None
+        self._fragment_opcode = Opcode.TEXT
         self._ping_sent_at: float | None = None
         self._next_ping_at = 0.0
+        self._closing_deadline: float | None = None
         self._eof = False
         self._poller = select.poll()
         self._poller.register(self.fileno, POLL_IN)
 
-    # Thread body
+    @property
+    def close_code(self) -> int | None:
+        """The close code of the connection once it is closed, else ``None``."""
+        return self.protocol.close_code
 
-    def run(self) -> None:
-        """Serve the connection until it ends; never raises."""
-        try:
-            if self._handshake():
-                self._serve()
-        except Exception:
-            logger.exception("connection %s failed", self.address)
-            self._set_close_reason(DisconnectReason.ERROR)
-        finally:
-            self._finish()
+    # Opening handshake (the connection's thread)
 
-    def _handshake(self) -> bool:
-        """Read the HTTP request; answer it. Return True once the WebSocket is open."""
-        deadline = time.monotonic() + self.config.open_timeout
-        while True:
-            if not self._read(deadline - time.monotonic()):
-                return False  # timeout or EOF before a full request
+    def handshake(self, process_request: ProcessRequest, process_response: ProcessResponse) -> bool:
+        """Read the HTTP request and answer it, within ``open_timeout``; True once open.
+
+        As in websockets: ``process_request`` may answer the request itself
+        (a page, a refusal); otherwise the protocol accepts or refuses the
+        upgrade; ``process_response`` sees the response and may replace it.
+        """
+        deadline = time.monotonic() + self.open_timeout
+        events: list = []
+        while not events:
+            if not self._read(deadline - time.monotonic()) or self._eof:
+                return False  # timeout, or EOF before a full request
             events = self.protocol.events_received()
-            if events:
-                break
-            if self.protocol.close_expected():
-                metrics.rejected("handshake")  # malformed request: the library answered 4xx
-                return False
-            if self._eof:
-                return False
-        request, *self._early_frames = events  # frames a client sent with its request
+            if not events and self.protocol.close_expected():
+                return False  # a malformed request: the protocol answered it
+        request, *early_frames = events  # frames a client sent with its request
         assert isinstance(request, Request)
-        reply = route(request.path, self.server.implementation, self.server.core.connections)
-        if reply is None and self.server.at_capacity():
-            metrics.rejected("capacity")
-            reply = unavailable()
-        if reply is not None:
-            response = _response(reply)
-        else:
+        self.request = request
+        response = process_request(self, request)
+        if response is None:
             response = self.protocol.accept(request)
-            if response.status_code != 101:
-                metrics.rejected("handshake")
+        replaced = process_response(self, request, response)
+        self.response = response if replaced is None else replaced
         with self.lock:
-            self.protocol.send_response(response)
+            self.protocol.send_response(self.response)
             self._write_protocol_data_locked()
         if self.protocol.state is not OPEN:
             return False
-        self.session = self.server.opened(self)
-        self._next_ping_at = time.monotonic() + (self.config.ping_interval or 0)
+        for frame in early_frames:
+            self._handle_frame(frame)
+        self._next_ping_at = time.monotonic() + (self.ping_interval or 0)
         return True
 
-    def _serve(self) -> None:
-        """The read loop: bytes in, frames to the chat core, until the connection ends."""
-        closing_deadline: float | None = None
-        for frame in self._early_frames:
-            self._handle_frame(frame)
-        self._early_frames = []
-        while not self._eof and not self.protocol.eof_sent:
+    # Receiving (the connection's thread)
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Yield incoming messages until the connection closes.
+
+        Ends after a normal closure; raises
+        :exc:`~websockets.exceptions.ConnectionClosedError` after an abnormal one.
+        """
+        try:
+            while True:
+                yield self.recv()
+        except ConnectionClosedOK:
+            return
+
+    def recv(self) -> str | bytes:
+        """Return the next message; raise ConnectionClosed once the connection is closed.
+
+        Reads the socket, answers pings, sends keepalive pings and, once a
+        close frame was sent, waits at most ``close_timeout`` for the peer's.
+        """
+        while not self._messages:
+            if self._eof or self.protocol.eof_sent:
+                raise self._closed()
             if self.protocol.close_expected():
-                # We sent a close frame: give the peer close_timeout to answer.
                 now = time.monotonic()
-                if closing_deadline is None:
-                    closing_deadline = now + self.config.close_timeout
-                timeout = closing_deadline - now
+                if self._closing_deadline is None:
+                    self._closing_deadline = now + self.close_timeout
+                timeout = self._closing_deadline - now
                 if timeout <= 0:
-                    return
+                    raise self._closed()
             else:
                 timeout = self._keepalive()
-            if not self._read(timeout):
-                continue
-            for event in self.protocol.events_received():
-                self._handle_frame(event)
+            if self._read(timeout):
+                for event in self.protocol.events_received():
+                    self._handle_frame(event)
+        return self._messages.popleft()
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Perform the closing handshake, from the connection's thread.
+
+        Sends a close frame, then reads (discarding messages) until the peer's
+        close frame, EOF or ``close_timeout``. Idempotent.
+        """
+        self.start_close(code, reason)
+        try:
+            while True:
+                self.recv()
+        except ConnectionClosed:
+            pass
+
+    # Called from any thread
+
+    def send_text(self, payload: bytes, frame: bytes | None = None) -> None:
+        """Send a text message now, without blocking (pre-encoded ``frame`` when given).
+
+        Called with the server's chat lock held, so that every member gets a
+        room's messages in seq order. What the kernel does not take at once
+        waits in the outbox for the drainer (and counts in :attr:`backlog`);
+        nothing here waits on the socket. Dropped when the connection is not
+        open or was aborted.
+        """
+        with self.lock:
+            if not self.sending:
+                return
+            if frame is None:  # an extension (compression) encodes per connection
+                self.protocol.send_text(payload)
+                frame = b"".join(self.protocol.data_to_send())
+            if self.draining:  # queue behind what the drainer has not written yet
+                self.outbox.append(frame)
+                self.backlog += len(frame)
+                return
+            # The outbox is empty: the fan-out hot path, one non-blocking send.
+            try:
+                sent = self.socket.send(frame, SEND_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # the peer is gone; the reader will see it
+                return
+            if sent < len(frame):
+                self._leave_to_drainer_locked(frame[sent:])
+
+    def start_close(self, code: int, reason: str = "") -> None:
+        """Send a close frame without waiting; the connection's thread finishes the close."""
+        with self.lock:
+            if self.protocol.state is OPEN:
+                self.protocol.send_close(code, reason)
+                self._write_protocol_data_locked()
+            elif self.protocol.state is CONNECTING:
+                self._shutdown_socket()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, discarding what is queued; its thread finishes."""
+        with self.lock:
+            self._aborted = True
+            self.sending = False
+            self.outbox.clear()
+            self.backlog = 0
+        self._shutdown_socket()
+
+    def drain(self) -> bool:
+        """Called by the drainer when the socket is writable; True when the outbox is empty."""
+        with self.lock:
+            self.draining = False
+            self._send_outbox_locked()
+            return not self.draining
+
+    # End of the connection (the connection's thread)
+
+    def close_socket(self) -> None:
+        """Send what is still queued (at most ``close_timeout``), then close the socket."""
+        with self.lock:
+            self._write_protocol_data_locked()
+            pending = b"".join(self.outbox)
+            self.outbox.clear()
+            self.backlog = 0
+            self.sending = False
+        if pending and not self._aborted:
+            try:
+                self.socket.settimeout(self.close_timeout)
+                self.socket.sendall(pending)
+            except OSError:
+                pass
+        self.drainer.forget(self)
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    # Internals of the connection's thread
 
     def _read(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for bytes and feed them to the protocol.
@@ -168,7 +304,7 @@ class Connection:
         if timeout <= 0 or not self._poller.poll(timeout * 1000):
             return False
         try:
-            data = self.sock.recv(RECV_BUFFER)
+            data = self.socket.recv(RECV_BUFFER)
         except OSError:
             data = b""
         with self.lock:
@@ -181,16 +317,17 @@ class Connection:
         return True
 
     def _handle_frame(self, frame: Frame) -> None:
+        """Reassemble messages from frames; note pongs for the keepalive."""
         opcode = frame.opcode
         if opcode is Opcode.PONG:
             self._ping_sent_at = None
-            self._next_ping_at = time.monotonic() + (self.config.ping_interval or 0)
+            self._next_ping_at = time.monotonic() + (self.ping_interval or 0)
             return
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if not frame.fin:
                 self._fragment_opcode, self._fragments = opcode, [bytes(frame.data)]
                 return
-            data = frame.data
+            data = bytes(frame.data)
         elif opcode is Opcode.CONT:
             self._fragments.append(bytes(frame.data))
             if not frame.fin:
@@ -199,27 +336,24 @@ class Connection:
             self._fragments = []
         else:
             return  # PING (answered by the protocol) and CLOSE
-        if opcode is Opcode.TEXT:
-            try:
-                text = bytes(data).decode()
-            except UnicodeDecodeError:
-                self._fail(WsCloseCode.INVALID_DATA, "invalid UTF-8", DisconnectReason.ERROR)
-                return
-            self.server.receive(self, text)
-        else:
-            self.server.receive_binary(self)
+        if opcode is Opcode.BINARY:
+            self._messages.append(data)
+            return
+        try:
+            self._messages.append(data.decode())
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
 
     def _keepalive(self) -> float:
         """Send a ping when one is due, fail on a missed pong; return how long to read."""
-        interval, ping_timeout = self.config.ping_interval, self.config.ping_timeout
+        interval, ping_timeout = self.ping_interval, self.ping_timeout
         if interval is None:
-            return 3600.0
+            return NO_PING_WAIT
         now = time.monotonic()
-        if self._ping_sent_at is not None:
+        if self._ping_sent_at is not None and ping_timeout is not None:
             if now - self._ping_sent_at >= ping_timeout:
-                self._fail(
-                    WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout", DisconnectReason.TIMEOUT
-                )
+                # As websockets does: 1011, which tells the disconnect reason.
+                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                 return 0.0
             return self._ping_sent_at + ping_timeout - now
         if now >= self._next_ping_at:
@@ -231,85 +365,20 @@ class Connection:
             return ping_timeout or interval
         return self._next_ping_at - now
 
-    def _finish(self) -> None:
-        """Flush what is queued (bounded), close the socket, leave the rooms."""
-        with self.lock:
-            self._write_protocol_data_locked()
-            pending = b"".join(self.outbox)
-            self.outbox.clear()
-            self.backlog = 0
-        if pending and self.close_reason is not DisconnectReason.SLOW_CONSUMER:
-            try:
-                self.sock.settimeout(self.config.close_timeout)
-                self.sock.sendall(pending)
-            except OSError:
-                pass
-        self.server.drainer.forget(self)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.server.closed(self)
-
-    # Called from any thread
-
-    def send_text(self, payload: bytes, frame: bytes | None) -> None:
-        """Send a text message now, without blocking (pre-encoded ``frame`` when given).
-
-        Called with the server's chat lock held, so that every member gets a
-        room's messages in seq order. What the kernel does not take at once
-        waits in the outbox for the drainer; nothing here ever waits on the
-        socket. Dropped when the client is closing or was cut off.
-        """
-        with self.lock:
-            if not self.sending:
-                return
-            if frame is None:  # an extension (compression) encodes per connection
-                self.protocol.send_text(payload)
-                frame = b"".join(self.protocol.data_to_send())
-            if self.draining:  # queue behind what the drainer has not written yet
-                self.outbox.append(frame)
-                self.backlog += len(frame)
-                if self.backlog > self.config.limits.max_backlog_bytes:
-                    self._cut_off_locked()
-                return
-            # The outbox is empty: the fan-out hot path, one non-blocking send.
-            try:
-                sent = self.sock.send(frame, SEND_FLAGS)
-            except BlockingIOError:
-                sent = 0
-            except OSError:  # the peer is gone; the reader will see it
-                return
-            if sent < len(frame):
-                self._leave_to_drainer_locked(frame[sent:])
-
-    def close(self, code: int, reason: str, why: DisconnectReason) -> None:
-        """Start the closing handshake; the connection's thread finishes it."""
-        self._set_close_reason(why)
-        with self.lock:
-            if self.protocol.state is OPEN:
-                self.protocol.send_close(code, reason)
-                self._write_protocol_data_locked()
-            elif self.protocol.state is CONNECTING:
-                self._shutdown_socket()
-
-    def abort(self) -> None:
-        """Drop the TCP connection now; the connection's thread wakes up and finishes."""
-        self._shutdown_socket()
-
-    # Internals (self.lock held where the name says so)
-
-    def _fail(self, code: int, reason: str, why: DisconnectReason) -> None:
-        self._set_close_reason(why)
+    def _fail(self, code: int, reason: str) -> None:
         with self.lock:
             self.protocol.fail(code, reason)
             self._write_protocol_data_locked()
 
-    def _set_close_reason(self, why: DisconnectReason) -> None:
+    def _closed(self) -> ConnectionClosed:
+        """The exception that ends :meth:`recv`: nothing more is read, so the protocol
+        takes EOF and its state becomes CLOSED, with the close frames both ways."""
         with self.lock:
-            if self.close_reason is None:
-                self.close_reason = why
-            self.sending = False
+            self.protocol.receive_eof()
+            self._write_protocol_data_locked()
+        return self.protocol.close_exc
+
+    # Internals (self.lock held)
 
     def _write_protocol_data_locked(self) -> None:
         for chunk in self.protocol.data_to_send():
@@ -318,14 +387,14 @@ class Connection:
                 self.backlog += len(chunk)
         if not self.draining:
             self._send_outbox_locked()
-        self.sending = self.protocol.state is OPEN and self.close_reason is None
+        self.sending = self.protocol.state is OPEN and not self._aborted
 
     def _send_outbox_locked(self) -> None:
         if not self.outbox:
             return
         data = self.outbox[0] if len(self.outbox) == 1 else b"".join(self.outbox)
         try:
-            sent = self.sock.send(data, SEND_FLAGS)
+            sent = self.socket.send(data, SEND_FLAGS)
         except BlockingIOError:
             sent = 0
         except OSError:  # the peer is gone; the reader will see it
@@ -343,31 +412,10 @@ class Connection:
         self.outbox.append(rest)
         self.backlog = len(rest)
         self.draining = True
-        self.server.drainer.watch(self)
-
-    def drain(self) -> bool:
-        """Called by the drainer when the socket is writable; True when the outbox is empty."""
-        with self.lock:
-            self.draining = False
-            self._send_outbox_locked()
-            return not self.draining
-
-    def _cut_off_locked(self) -> None:
-        if self.close_reason is None:
-            self.close_reason = DisconnectReason.SLOW_CONSUMER
-        self.sending = False
-        metrics.MESSAGES_DROPPED.labels("slow_consumer").inc()
-        logger.warning("dropping slow consumer %s", self.address)
-        self.outbox.clear()
-        self.backlog = 0
-        self._shutdown_socket()
+        self.drainer.watch(self)
 
     def _shutdown_socket(self) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def _response(reply: HttpReply) -> Response:
-    return Response(reply.status, reply.reason, Headers(reply.headers), reply.body)

@@ -20,10 +20,7 @@ import contextlib
 import logging
 import select
 import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from threaded_server.connection import Connection
+from typing import Protocol
 
 logger = logging.getLogger("twinchat.threaded")
 
@@ -31,12 +28,22 @@ WRITABLE_ONCE = select.EPOLLOUT | select.EPOLLONESHOT
 POLL_TIMEOUT = 0.5  # seconds; how long stop() may wait for the thread
 
 
+class Drainable(Protocol):
+    """What the drainer needs of a connection (``threaded_server.connection.Connection``)."""
+
+    fileno: int
+    remote_address: tuple
+
+    def drain(self) -> bool:
+        """Write what the socket takes; True when nothing is left."""
+
+
 class Drainer:
     """Owns a thread that writes the outboxes of connections whose sockets were full."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._connections: dict[int, Connection] = {}
+        self._connections: dict[int, Drainable] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
 
@@ -50,7 +57,7 @@ class Drainer:
             self._thread.join(5)
         self._epoll.close()
 
-    def watch(self, connection: Connection) -> None:
+    def watch(self, connection: Drainable) -> None:
         """Write ``connection``'s outbox once its socket is writable.
 
         Called with the connection's lock held, once per episode of a full
@@ -66,7 +73,7 @@ class Drainer:
         except FileExistsError:  # a closed connection's fd, reused before forget()
             self._epoll.modify(fd, WRITABLE_ONCE)
 
-    def forget(self, connection: Connection) -> None:
+    def forget(self, connection: Drainable) -> None:
         """Stop watching ``connection``; call before closing its socket."""
         fd = connection.fileno
         if self._connections.get(fd) is connection:
@@ -87,4 +94,4 @@ class Drainer:
                 try:
                     connection.drain()  # re-arms through watch() if still full
                 except Exception:
-                    logger.exception("drain failed for %s", connection.address)
+                    logger.exception("drain failed for %s", connection.remote_address)

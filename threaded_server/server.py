@@ -1,21 +1,18 @@
 """The threaded server: one thread per connection, blocking reads.
 
-The main thread accepts TCP connections and starts one thread per connection
-(:class:`~threaded_server.connection.Connection`). A connection's thread feeds
-each text frame to the shared :class:`~common.ChatCore` under ``chat_lock``
-and, still holding it (so every member gets a room's messages in seq order),
-sends the outcome to every target with non-blocking sends. Bytes a socket does
-not take at once wait in its outbox for the
-:class:`~threaded_server.drainer.Drainer` thread.
+Every connection runs :meth:`ChatServer.handler` in a thread of its own.
+The handler feeds each message to the shared :class:`~common.ChatCore` and
+hands the outcome to :meth:`ChatServer.deliver`, which sends each payload to
+every target without blocking: the frame is encoded once, and what a socket
+does not take at once waits in its outbox for the one drainer thread, so a
+slow client never stalls its room. A client whose outbox passes
+``max_backlog_bytes`` is cut off as a slow consumer.
 
-Locks, in the only order they are ever taken:
-
-* ``ChatServer.chat_lock`` guards the chat core (rooms, seqs, sessions) and is
-  held while an outcome's payloads are sent, without blocking, to their targets;
-* ``Connection.lock`` guards one connection's protocol state and outbox.
-
-Shutdown (SIGTERM/SIGINT): stop accepting, send 1001 to every client, wait
-for the connection threads up to ``shutdown_timeout``, then drop the rest.
+``chat_lock`` guards :class:`~common.ChatCore`: a connection's thread holds
+it across ``receive`` and ``deliver``, so one message's outcome is sent whole
+before the next message is handled, and every member gets a room's messages
+in seq order. Locks, in the only order they are ever taken: ``chat_lock``,
+then a connection's own lock (its protocol state and outbox).
 """
 
 from __future__ import annotations
@@ -28,28 +25,26 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 
-from common import ChatCore, metrics
+from common import metrics
 from common.capacity import socket_limit
-from common.chat import DisconnectReason, Outcome, Session
+from common.chat import Outcome, Session
 from common.config import ServerConfig
-from threaded_server.broker import RedisBroker
-from threaded_server.connection import Connection, text_frame
+from common.http import HttpReply, answer, refused_upgrade, unavailable
+from common.reasons import DisconnectReason, DropReason, RejectReason, disconnect_reason
+from threaded_server.broker import plug
+from threaded_server.connection import SEND_FLAGS, Connection, text_frame
 from threaded_server.drainer import Drainer
 
 logger = logging.getLogger("twinchat.threaded")
 
-# Connections still in their opening handshake are not sessions yet; this many
-# may wait beyond --max-connections before new sockets are refused outright.
-HANDSHAKE_SLACK = 64
 ACCEPT_RETRY_DELAY = 0.1
-UNAVAILABLE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 35\r\nConnection: close\r\n\r\nserver at capacity, try again later"
-)
 
 
 class ChatServer:
@@ -59,12 +54,13 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        shared = config.broker != "memory"
-        self.core = ChatCore(self.implementation, config.limits, shared=shared)
         self.chat_lock = threading.Lock()
-        self.broker = (
-            RedisBroker(config.broker, self.core, self.apply, self.chat_lock) if shared else None
-        )
+        self.core, self.broker = plug(config, self.implementation, self.deliver, self.chat_lock)
+        # Why a connection we closed ended, for chat_disconnects_total.
+        self._close_reasons: dict[Connection, DisconnectReason] = {}
+        self._shutting_down = False
+        self._stopping = threading.Event()
+        self._socket_limit = socket_limit()
         self.drainer = Drainer()
         self.extensions = (
             [ServerPerMessageDeflateFactory()] if config.compression == "deflate" else None
@@ -72,11 +68,8 @@ class ChatServer:
         self._connections_lock = threading.Lock()
         self._connections: dict[Connection, threading.Thread] = {}
         self._wake_r, self._wake_w = socket.socketpair()
-        self._stopping = threading.Event()
-        self._shutting_down = False
         self._listener: socket.socket | None = None
         self._metrics_server = None
-        self._socket_limit = min(config.max_connections + HANDSHAKE_SLACK, socket_limit())
         # One fd kept in reserve, given up at EMFILE to accept and refuse a client.
         self._spare_fd: int | None = None
         self._last_accept_warning = 0.0
@@ -88,33 +81,14 @@ class ChatServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
         self.start()
+        self.broker.start()
         try:
             self.serve_forever()
         finally:
             self.shutdown()
-
-    def start(self) -> None:
-        """Listen on the chat port, start the drainer and the metrics server."""
-        cfg = self.config
-        threading.stack_size(cfg.thread_stack_kib * 1024)
-        self._listener = socket.create_server((cfg.host, cfg.port), backlog=1024, reuse_port=False)
-        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-        self.drainer.start()
-        if self.broker is not None:
-            self.broker.start()
-        served = metrics.start(
-            self.implementation,
-            "threads",
-            host=cfg.host,
-            port=cfg.metrics_port,
-            connections=lambda: self.core.connections,
-            rooms=lambda: self.core.active_rooms,
-        )
-        self._metrics_server = served[0] if served else None
-        logger.info(
-            "listening on ws://%s:%d/ws (stack %d KiB, max %d connections)",
-            cfg.host, cfg.port, cfg.thread_stack_kib, cfg.max_connections,
-        )  # fmt: skip
+            self.broker.stop()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
 
     def stop(self) -> None:
         """Ask :meth:`serve_forever` to return. Safe from a signal handler; idempotent."""
@@ -124,6 +98,168 @@ class ChatServer:
         except OSError:
             pass
 
+    def start(self) -> None:
+        """Listen on the chat port, start the drainer and the metrics server."""
+        cfg = self.config
+        served = metrics.start(
+            self.implementation,
+            "threads",
+            host=cfg.host,
+            port=cfg.metrics_port,
+            connections=lambda: self.core.connections,
+            rooms=lambda: self.core.active_rooms,
+        )
+        self._metrics_server = served[0] if served else None
+        threading.stack_size(cfg.thread_stack_kib * 1024)
+        self._listener = socket.create_server(
+            (cfg.host, cfg.port), backlog=1024, reuse_port=cfg.workers > 1
+        )
+        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+        self.drainer.start()
+        logger.info(
+            "listening on ws://%s:%d/ws (stack %d KiB, max %d connections)",
+            cfg.host, cfg.port, cfg.thread_stack_kib, cfg.max_connections,
+        )  # fmt: skip
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every client with 1001, wait at most shutdown_timeout."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        with self._connections_lock:
+            connections = dict(self._connections)
+        logger.info("shutting down: closing %d connections", len(connections))
+        if self._listener is not None:
+            self._listener.close()
+        for connection in connections:
+            connection.start_close(CloseCode.GOING_AWAY, "server shutting down")
+        grace = deadline - 0.5  # leave a little of the bound for dropping the rest
+        for thread in connections.values():
+            thread.join(max(0.0, grace - time.monotonic()))
+        if any(thread.is_alive() for thread in connections.values()):
+            logger.warning("shutdown timed out; dropping remaining connections")
+        for connection, thread in connections.items():
+            if thread.is_alive():
+                connection.abort()
+        for thread in connections.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.drainer.stop()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # HTTP
+
+    def process_request(self, connection: Connection, request: Request) -> Response | None:
+        """Serve / and /healthz; refuse the handshake when full (503)."""
+        reply, refused = answer(
+            request.path,
+            self.implementation,
+            sessions=self.core.connections,
+            sockets=len(self._connections),
+            max_connections=self.config.max_connections,
+            max_sockets=self._socket_limit,
+        )
+        if refused is not None:
+            metrics.rejected(refused)
+        return None if reply is None else _response(reply)
+
+    def process_response(
+        self, connection: Connection, request: Request, response: Response
+    ) -> Response | None:
+        """Count the upgrades the WebSocket layer refused (bad headers, origin)."""
+        if refused_upgrade(request.path, response.status_code):
+            metrics.rejected(RejectReason.HANDSHAKE)
+        return None
+
+    # Connections
+
+    def handler(self, connection: Connection) -> None:
+        """Run one connection: hand each frame to the core, deliver what it says."""
+        with self.chat_lock:
+            session = self.core.open(connection)
+        metrics.CONNECTIONS_OPENED.inc()
+        logger.info("open %s from %s", session.id, connection.remote_address)
+        try:
+            for frame in connection:
+                if not self._handle_frame(connection, session, frame):
+                    break
+        except ConnectionClosed:
+            pass  # why: from the close frames, below
+        except Exception:
+            logger.exception("connection %s failed", session.id)
+            self._close_reasons[connection] = DisconnectReason.ERROR
+            connection.close(CloseCode.INTERNAL_ERROR)
+        finally:
+            with self.chat_lock:
+                outcome = self.core.close(session)
+                self.deliver(outcome)
+            reason = disconnect_reason(
+                self._close_reasons.pop(connection, None),
+                shutting_down=self._shutting_down,
+                sent=connection.protocol.close_sent,
+                received=connection.protocol.close_rcvd,
+            )
+            metrics.disconnected(reason)
+            self.broker.handle(outcome)
+            logger.info("close %s: %s (code %s)", session.id, reason.value, connection.close_code)
+
+    def _handle_frame(self, connection: Connection, session: Session, frame: str | bytes) -> bool:
+        """Hand one frame to the core and deliver the outcome; False once closing.
+
+        A method of its own so that an idle connection's handler keeps no
+        reference to its last frame or outcome while it waits for the next.
+        """
+        received_at = time.perf_counter()
+        with self.chat_lock:
+            if isinstance(frame, str):
+                outcome = self.core.receive(session, frame)
+            else:
+                outcome = self.core.receive_binary(session)
+            self.deliver(outcome)
+        metrics.record(outcome, received_at)
+        self.broker.handle(outcome)
+        if outcome.close is not None:
+            self._close_reasons[connection] = outcome.close.disconnect
+            connection.close(outcome.close.code, outcome.close.reason)
+            return False
+        return True
+
+    def deliver(self, outcome: Outcome) -> None:
+        """Send every payload of ``outcome`` to its targets, without blocking.
+
+        Call with ``chat_lock`` held. Each payload is framed once for all its
+        targets (unless an extension such as compression frames it per
+        connection).
+        """
+        max_backlog = self.config.limits.max_backlog_bytes
+        compressing = self.extensions is not None
+        for targets, payload in outcome.sends:
+            frame = None if compressing else text_frame(payload)
+            for session in targets:
+                connection = session.connection
+                connection.send_text(payload, frame)
+                if connection.backlog > max_backlog:
+                    self._drop_slow_consumer(connection)
+        for session, close in outcome.closes:
+            connection = session.connection
+            self._close_reasons.setdefault(connection, close.disconnect)
+            connection.start_close(close.code, close.reason)
+
+    def _drop_slow_consumer(self, connection: Connection) -> None:
+        """Cut off a client that does not read; its backlog is discarded."""
+        if connection in self._close_reasons:
+            return
+        self._close_reasons[connection] = DisconnectReason.SLOW_CONSUMER
+        metrics.dropped(DropReason.SLOW_CONSUMER)
+        logger.warning("dropping slow consumer %s", connection.remote_address)
+        connection.abort()
+
+    # Accepting connections, a thread for each
+
     def serve_forever(self) -> None:
         """Accept connections until :meth:`stop`; each gets its own thread."""
         assert self._listener is not None
@@ -131,10 +267,8 @@ class ChatServer:
         poller.register(self._listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopping.is_set():
-            if not poller.poll(1000):
+            if not poller.poll(1000) or self._stopping.is_set():
                 continue
-            if self._stopping.is_set():
-                break
             try:
                 sock, address = self._listener.accept()
             except BlockingIOError:
@@ -148,12 +282,63 @@ class ChatServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._start_connection(sock, address)
 
+    def _start_connection(self, sock: socket.socket, address: tuple) -> None:
+        """Register the connection and start its thread (refused if no thread starts)."""
+        cfg = self.config
+        connection = Connection(
+            sock,
+            address,
+            self.drainer,
+            origins=cfg.origins,
+            extensions=self.extensions,
+            max_size=cfg.limits.max_frame_bytes,
+            open_timeout=cfg.open_timeout,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            close_timeout=cfg.close_timeout,
+        )
+        thread = threading.Thread(
+            target=self._conn_handler, args=(connection,), name=f"conn-{address[1]}", daemon=True
+        )
+        with self._connections_lock:
+            self._connections[connection] = thread
+        try:
+            thread.start()
+        except RuntimeError:  # can't start new thread: at the thread limit
+            with self._connections_lock:
+                del self._connections[connection]
+            self._refuse(sock)
+
+    def _conn_handler(self, connection: Connection) -> None:
+        """A connection's thread: opening handshake, :meth:`handler`, closing; never raises."""
+        try:
+            if connection.handshake(self.process_request, self.process_response):
+                self.handler(connection)
+                connection.close()
+        except Exception:
+            logger.exception("connection %s failed", connection.remote_address)
+        finally:
+            connection.close_socket()
+            with self._connections_lock:
+                self._connections.pop(connection, None)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Answer 503 from the accept thread, without reading the request (overload)."""
+        metrics.rejected(RejectReason.OVERLOAD)
+        try:
+            sock.send(_response(unavailable()).serialize(), SEND_FLAGS)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
     def _refuse_without_fds(self, exc: OSError) -> None:
         """Out of fds: free the spare one to accept the client and refuse it with 503.
 
         Without this the client would wait in the listen backlog until its own
         timeout, and accept() would fail again at every turn of the loop.
         """
+        assert self._listener is not None
         now = time.monotonic()
         if now - self._last_accept_warning > 10:
             self._last_accept_warning = now
@@ -168,148 +353,13 @@ class ChatServer:
         except OSError:
             self._stopping.wait(ACCEPT_RETRY_DELAY)
         else:
-            self._refuse(sock, "overload")
+            self._refuse(sock)
         finally:
             try:
                 self._spare_fd = os.open(os.devnull, os.O_RDONLY)
             except OSError:
                 pass
 
-    def shutdown(self) -> None:
-        """Close every client with 1001 and wait for them, at most shutdown_timeout. Idempotent."""
-        if self._shutting_down:
-            return
-        self._shutting_down = True
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        if self._listener is not None:
-            self._listener.close()
-        with self._connections_lock:
-            connections = dict(self._connections)
-        logger.info("shutting down: closing %d connections", len(connections))
-        for connection in connections:
-            connection.close(1001, "server shutting down", DisconnectReason.SHUTDOWN)
-        # Leave a little of the bound for dropping whoever did not answer.
-        grace = deadline - 0.5
-        for thread in connections.values():
-            thread.join(max(0.0, grace - time.monotonic()))
-        for connection, thread in connections.items():
-            if thread.is_alive():
-                connection.abort()
-        for thread in connections.values():
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if self.broker is not None:
-            self.broker.stop()
-        self.drainer.stop()
-        if self._spare_fd is not None:
-            os.close(self._spare_fd)
-            self._spare_fd = None
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-        self._wake_r.close()
-        self._wake_w.close()
 
-    # Connections
-
-    def _start_connection(self, sock: socket.socket, address: tuple) -> None:
-        with self._connections_lock:
-            crowded = len(self._connections) >= self._socket_limit
-        if crowded:
-            self._refuse(sock, "overload")
-            return
-        connection = Connection(self, sock, address)
-        thread = threading.Thread(target=connection.run, name=f"conn-{address[1]}", daemon=True)
-        with self._connections_lock:
-            self._connections[connection] = thread
-        try:
-            thread.start()
-        except RuntimeError:  # can't start new thread: at the thread limit
-            with self._connections_lock:
-                del self._connections[connection]
-            self._refuse(sock, "overload")
-
-    def _refuse(self, sock: socket.socket, reason: str) -> None:
-        """Answer 503 without reading the request, from the accept thread."""
-        metrics.rejected(reason)
-        try:
-            sock.send(UNAVAILABLE, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        sock.close()
-
-    def at_capacity(self) -> bool:
-        return self.core.connections >= self.config.max_connections
-
-    def opened(self, connection: Connection) -> Session:
-        """A handshake completed: create the session."""
-        with self.chat_lock:
-            session = self.core.open(connection)
-        metrics.CONNECTIONS_OPENED.inc()
-        logger.info("open %s from %s", session.id, connection.address)
-        return session
-
-    def closed(self, connection: Connection) -> None:
-        """A connection's thread is ending: leave its rooms, count why."""
-        with self._connections_lock:
-            self._connections.pop(connection, None)
-        session = connection.session
-        if session is None:
-            return
-        outcome = self.apply(lambda: self.core.close(session))
-        if self.broker is not None:
-            self.broker.handle(outcome)
-        reason = connection.close_reason
-        if self._shutting_down:
-            reason = DisconnectReason.SHUTDOWN
-        elif reason is None:
-            rcvd = connection.protocol.close_rcvd
-            ok = rcvd is not None and rcvd.code in (1000, 1001)
-            reason = DisconnectReason.CLIENT_CLOSE if ok else DisconnectReason.ERROR
-        metrics.disconnected(reason)
-        logger.info("close %s: %s", session.id, reason.value)
-
-    # Frames
-
-    def receive(self, connection: Connection, text: str) -> None:
-        """Handle a text frame from ``connection``'s thread."""
-        received_at = time.perf_counter()
-        session = connection.session
-        assert session is not None
-        outcome = self.apply(lambda: self.core.receive(session, text))
-        metrics.record(outcome, received_at)
-        if self.broker is not None:
-            self.broker.handle(outcome)
-        self._close_if_asked(connection, outcome)
-
-    def receive_binary(self, connection: Connection) -> None:
-        session = connection.session
-        assert session is not None
-        outcome = self.core.receive_binary(session)
-        metrics.record(outcome, time.perf_counter())
-        self._close_if_asked(connection, outcome)
-
-    def apply(self, produce: Callable[[], Outcome]) -> Outcome:
-        """Run ``produce()`` on the core under the chat lock and deliver its outcome.
-
-        The payloads are sent to every target while the lock is held, so all
-        members get a room's messages in seq order. The sends never block
-        (what a socket does not take waits for the drainer), so the lock is
-        never held while waiting on a client; the GIL serialises this Python
-        work anyway. Encoded once per payload, not once per member.
-        """
-        compressing = self.extensions is not None
-        with self.chat_lock:
-            outcome = produce()
-            for targets, payload in outcome.sends:
-                frame = None if compressing else text_frame(payload)
-                for session in targets:
-                    session.connection.send_text(payload, frame)
-        for session, close in outcome.closes:
-            session.connection.close(close.code, close.text, close.reason)
-        return outcome
-
-    @staticmethod
-    def _close_if_asked(connection: Connection, outcome: Outcome) -> None:
-        if outcome.close is not None:
-            close = outcome.close
-            connection.close(close.code, close.text, close.reason)
+def _response(reply: HttpReply) -> Response:
+    return Response(reply.status, reply.reason, Headers(reply.headers), reply.body)
