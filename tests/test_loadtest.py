@@ -332,7 +332,10 @@ def test_step_plan_steps(locust_modules):
     plan = locust_modules.shape.StepPlan.linear(10, 10, 35, step_time=30, spawn_rate=5)
     assert plan.levels == (10, 20, 30, 35)
     assert [(s.start, s.ramp_end, s.end) for s in plan.steps()] == [
-        (0, 2, 32), (32, 34, 64), (64, 66, 96), (96, 97, 127)
+        (0, 2, 32),
+        (32, 34, 64),
+        (64, 66, 96),
+        (96, 97, 127),
     ]
     assert plan.duration == 127
     assert plan.at(0) == (10, 5)
