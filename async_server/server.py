@@ -106,6 +106,7 @@ class ChatServer:
             server_header=None,
             reuse_address=True,
             reuse_port=cfg.workers > 1,
+            backlog=cfg.listen_backlog,
         )
         logger.info(
             "listening on ws://%s:%d/ws (loop=%s, max %d connections)",

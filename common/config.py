@@ -23,6 +23,11 @@ class ServerConfig:
     port: int = 8000
     metrics_port: int = 0
     limits: Limits = field(default_factory=Limits)
+    # Connections the kernel queues before the server accepts them: both servers
+    # use this one figure (asyncio's own default of 100 overflows under a ramp of
+    # hundreds of connects per second, and an overflowed queue drops SYNs, which
+    # the client only retries after 1 s, then 3 s).
+    listen_backlog: int = 1024
 
     # Limits
     max_connections: int = 0  # 0: derive from the fd (and thread) limit

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 from chatclient import ChatClient, http_get, metric_value, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from common.config import ServerConfig
 
 _rooms = itertools.count(1)
 
@@ -330,6 +334,18 @@ def test_capacity_refused_with_503(server_factory, server):
     assert wait_for(lambda: srv.healthz()["connections"] == 0)
     with ChatClient(srv.url) as c:  # room again once the others left
         c.hello()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_both_servers_queue_the_same_connect_burst(server):
+    """Both listen with the configured accept queue, so a burst of connects that
+    one server survives does not overflow the other's (asyncio's default is 100)."""
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    with open("/proc/sys/net/core/somaxconn") as f:
+        ceiling = int(f.read())
+    assert int(listing[2]) == min(ServerConfig().listen_backlog, ceiling)  # Send-Q
 
 
 def test_refusals_counted_by_reason(server_factory, server):

@@ -112,7 +112,7 @@ class ChatServer:
         self._metrics_server = served[0] if served else None
         threading.stack_size(cfg.thread_stack_kib * 1024)
         self._listener = socket.create_server(
-            (cfg.host, cfg.port), backlog=1024, reuse_port=cfg.workers > 1
+            (cfg.host, cfg.port), backlog=cfg.listen_backlog, reuse_port=cfg.workers > 1
         )
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
         self.drainer.start()

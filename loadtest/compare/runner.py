@@ -32,7 +32,7 @@ from loadtest.compare.profiles import LATENCY_NAME, Profile
 from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command
 from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
-from loadtest.shape import StepPlan
+from loadtest.stepplan import StepPlan
 
 STARTUP_GRACE = 30.0  # seconds for Locust to start before the run is abandoned
 STOP_GRACE = 30.0  # seconds for Locust to stop its users and write its CSVs
