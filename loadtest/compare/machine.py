@@ -14,7 +14,7 @@ import psutil
 
 PACKAGES = (
     "websockets", "uvloop", "prometheus-client", "orjson", "locust", "gevent",
-    "websocket-client", "psutil", "matplotlib",
+    "psutil", "matplotlib",
 )  # fmt: skip
 
 
