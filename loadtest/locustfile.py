@@ -23,7 +23,7 @@ from locust.runners import WorkerRunner  # noqa: E402
 from loadtest import exporter, options  # noqa: E402
 from loadtest import shape as step_shape  # noqa: E402  (module import: see shape.py)
 from loadtest.users import (  # noqa: E402, F401  (imported so Locust finds the classes)
-    SCENARIOS,
+    USER_CLASSES,
     BroadcastUser,
     ChatUser,
     ChurnUser,
@@ -46,8 +46,8 @@ def _on_init(environment, runner, **_kwargs) -> None:
     worker = isinstance(runner, WorkerRunner)
     # Workers keep every class: the master tells them which ones to spawn.
     if not worker and not opts.user_classes:
-        environment.user_classes[:] = [SCENARIOS[opts.scenario]]
-        logger.info("scenario %s (%s)", opts.scenario, SCENARIOS[opts.scenario].__name__)
+        environment.user_classes[:] = [USER_CLASSES[opts.scenario]]
+        logger.info("scenario %s (%s)", opts.scenario, USER_CLASSES[opts.scenario].__name__)
     if not worker and (opts.step_users or opts.step_levels):
         try:
             plan = step_shape.StepPlan.from_options(opts)

@@ -6,7 +6,7 @@ set in that file (``room-size = 50``) or as ``LOCUST_ROOM_SIZE=50``.
 
 from __future__ import annotations
 
-SCENARIO_NAMES = ("idle", "chat", "broadcast", "churn")
+from loadtest import scenarios
 
 
 def add_arguments(parser) -> None:
@@ -17,11 +17,11 @@ def add_arguments(parser) -> None:
     # Scenario
     group.add_argument(
         "--scenario",
-        choices=SCENARIO_NAMES,
-        default="chat",
+        choices=scenarios.NAMES,
+        default=scenarios.DEFAULT,
         include_in_web_ui=False,
-        help="Which user class to run: idle, chat, broadcast or churn (default chat). "
-        "Ignored when User classes are named on the command line.",
+        help=f"Which user class to run: {', '.join(scenarios.NAMES)} (default "
+        f"{scenarios.DEFAULT}). Ignored when User classes are named on the command line.",
     )
     # Rooms
     group.add_argument(

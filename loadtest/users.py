@@ -34,7 +34,7 @@ from loadtest.client.errors import (
 
 __all__ = [
     "REQUEST_TYPE",
-    "SCENARIOS",
+    "USER_CLASSES",
     "BroadcastUser",
     "ChatLoadError",
     "ChatProtocolUser",
@@ -241,7 +241,8 @@ class ChurnUser(ChatProtocolUser):
         client.close()
 
 
-SCENARIOS: dict[str, type[ChatProtocolUser]] = {
+# The user class of each scenario of loadtest/scenarios.py (a test checks that the names agree).
+USER_CLASSES: dict[str, type[ChatProtocolUser]] = {
     "idle": IdleUser,
     "chat": ChatUser,
     "broadcast": BroadcastUser,

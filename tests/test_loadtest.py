@@ -400,3 +400,12 @@ def test_exporter_collects_from_locust_stats(locust_modules, local_env):
     assert value("locust_cpu_saturation_warnings_total") == 1
     guard.sample(10.0)
     assert value("locust_cpu_saturated") == 0
+
+
+def test_every_scenario_has_a_user_class_and_a_latency(locust_modules):
+    """The scenario table is the one list: the locustfile can run each name it offers."""
+    from loadtest import scenarios
+
+    assert set(locust_modules.users.USER_CLASSES) == set(scenarios.NAMES)
+    assert scenarios.DEFAULT in scenarios.NAMES
+    assert {s.latency for s in scenarios.SCENARIOS.values()} <= {"fanout", "ping"}

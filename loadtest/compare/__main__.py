@@ -20,9 +20,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest import cpubudget
+from loadtest import cpubudget, scenarios
 from loadtest.compare import knee, machine, report, runner, scaleout, steps
-from loadtest.compare.profiles import PROFILES, SCENARIOS, Limits, Profile, profile
+from loadtest.compare.profiles import PROFILES, Limits, Profile, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "where each one hits its limit.",
     )
     parser.add_argument("--profile", choices=PROFILES, default="quick")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="chat")
+    parser.add_argument("--scenario", choices=scenarios.NAMES, default=scenarios.DEFAULT)
     parser.add_argument("--servers", default="threaded,async", help="comma-separated, in run order")
     parser.add_argument("--reports", type=Path, default=PROJECT_ROOT / "reports")
     parser.add_argument(

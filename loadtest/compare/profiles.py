@@ -6,11 +6,6 @@ from dataclasses import asdict, dataclass, replace
 
 from common.capacity import fd_limit
 
-SCENARIOS = ("chat", "idle", "broadcast", "churn")
-
-# The latency that decides the SLO in each scenario (a Locust request name).
-LATENCY_NAME = {"chat": "fanout", "broadcast": "fanout", "churn": "fanout", "idle": "ping"}
-
 
 @dataclass(frozen=True)
 class Limits:

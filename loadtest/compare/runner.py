@@ -28,9 +28,10 @@ from pathlib import Path
 import psutil
 
 from loadtest.compare import prom, sampler, steps
-from loadtest.compare.profiles import LATENCY_NAME, Profile
+from loadtest.compare.profiles import Profile
 from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command
+from loadtest.scenarios import SCENARIOS
 from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
 from loadtest.stepplan import StepPlan
 
@@ -93,7 +94,7 @@ class RunOptions:
 
     @property
     def latency_name(self) -> str:
-        return LATENCY_NAME[self.scenario]
+        return SCENARIOS[self.scenario].latency
 
 
 def say(options: RunOptions, text: str) -> None:
