@@ -44,6 +44,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtest import fit
 from loadtest.serverproc import PROJECT_ROOT, running_server
 
 MIB = 1024 * 1024
@@ -194,7 +195,7 @@ async def soak(args: argparse.Namespace, url: str, metrics_url: str) -> dict:
     await asyncio.wait(tasks, timeout=60)
     steady = samples[steady_from:]
     first, last = steady[0], steady[-1]
-    slope = _slope([s.t for s in steady], [s.rss for s in steady]) * 3600 / MIB
+    slope = (fit.slope((s.t, s.rss) for s in steady) or 0.0) * 3600 / MIB
     lat = sorted(totals.latencies)
     return {
         "users": args.users,
@@ -216,14 +217,6 @@ async def soak(args: argparse.Namespace, url: str, metrics_url: str) -> dict:
         "client_cpu_percent_max": max(s.client_cpu_percent for s in steady),
         "samples": [asdict(s) for s in samples],
     }
-
-
-def _slope(xs: list[float], ys: list[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
 def users_from_compare(kind: str, summary: Path) -> int | None:

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import statistics
 
+from loadtest.fit import slope
+
 MIN_CONNECTIONS_FOR_SLOPE = 10  # below this many connections a per-connection cost is noise
-
-
-def slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of y over x (None without two distinct x)."""
-    points = [(x, y) for x, y in points if x is not None and y is not None]
-    if len({x for x, _ in points}) < 2:
-        return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
 def per_connection(run: dict, key: str) -> float | None:
