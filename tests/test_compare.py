@@ -12,7 +12,7 @@ import pytest
 from loadtest import cpubudget
 from loadtest.compare import diagnosis, knee, prom, steps
 from loadtest.compare.plots import PLOTS
-from loadtest.compare.profiles import Limits, connection_ceiling, profile
+from loadtest.compare.profiles import StepRules, connection_ceiling, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 KINDS = ("threaded", "async")
@@ -163,7 +163,7 @@ def test_judge_applies_the_rules_in_order(changes, outcome, reason):
     """A step is a limit (died only when the process exited; unresponsive when alive but
     silent or its handshakes fail unrefused; refused; failures; SLO), invalid (Locust
     saturated) or ok."""
-    got, why = steps.judge(_row(**changes), Limits())
+    got, why = steps.judge(_row(**changes), StepRules())
     assert got == outcome
     assert why.startswith(reason)
 
@@ -175,8 +175,8 @@ def test_two_invalid_steps_end_the_run_as_not_reached():
         {"index": 1, "users_target": 200, "outcome": "invalid", "reason": "cpu"},
         {"index": 2, "users_target": 300, "outcome": "invalid", "reason": "cpu"},
     ]
-    assert steps.should_stop(rows, Limits())
-    limit = steps.verdict(rows, Limits(), finished=False)
+    assert steps.should_stop(rows, StepRules())
+    limit = steps.verdict(rows, StepRules(), finished=False)
     assert not limit["reached"]
     assert limit["criterion"] == "not reached (load generator saturated)"
     assert limit["last_ok_users"] == 100
@@ -190,10 +190,10 @@ def test_a_breach_followed_by_an_ok_step_is_transient_and_two_in_a_row_are_the_l
         {"index": 1, "users_target": 200, "outcome": "ok", "reason": ""},
         {"index": 2, "users_target": 300, **breach},
     ]
-    assert not steps.should_stop(rows, Limits())
+    assert not steps.should_stop(rows, StepRules())
     rows.append({"index": 3, "users_target": 400, **breach})
-    assert steps.should_stop(rows, Limits())
-    limit = steps.verdict(rows, Limits(), finished=False)
+    assert steps.should_stop(rows, StepRules())
+    limit = steps.verdict(rows, StepRules(), finished=False)
     assert rows[0]["outcome"] == "transient"
     assert (limit["users"], limit["last_ok_users"]) == (300, 200)
 
@@ -214,7 +214,7 @@ def test_a_missed_locust_scrape_does_not_turn_a_step_into_the_whole_run():
         }  # fmt: skip
 
     samples = [sample(t, 1000 + 100 * t, locust=(t != 5)) for t in range(0, 11)]
-    row = steps.summarize(0, 10, 0.0, 10.0, 5.0, samples, Limits())
+    row = steps.summarize(0, 10, 0.0, 10.0, 5.0, samples, StepRules())
     assert row["latency_count"] == pytest.approx(600)  # t=4 (t=5 missed) to t=10, not 2,000
     assert row["fanout_receptions_per_s"] == pytest.approx(100)
     assert row["server_up"] and row["outcome"] == "ok"

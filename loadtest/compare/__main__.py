@@ -22,7 +22,7 @@ from pathlib import Path
 
 from loadtest import cpubudget, scenarios
 from loadtest.compare import knee, machine, report, runner, scaleout, steps
-from loadtest.compare.profiles import PROFILES, Limits, Profile, profile
+from loadtest.compare.profiles import PROFILES, Profile, StepRules, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 
@@ -191,7 +191,7 @@ def render(out: Path) -> int:
     """Rebuild a report from its summary.json and raw samples (after a change to the code)."""
     old = json.loads((out / "summary.json").read_text())
     p = old["profile"]
-    limits = Limits(**p["limits"])
+    limits = StepRules(**p["limits"])
     prof = Profile(**{k: v for k, v in p.items() if k not in ("levels", "limits")}, limits=limits)
     servers = old["servers"]
     summary = report.write(
@@ -219,7 +219,7 @@ def render(out: Path) -> int:
     return 0
 
 
-def _resummarize(out: Path, run: dict, limits: Limits) -> dict:
+def _resummarize(out: Path, run: dict, limits: StepRules) -> dict:
     """Recompute a run's step rows from their raw samples (same steps, current code),
     then its limit: the climb's verdict, narrowed by the narrowing rows."""
     run = {k: v for k, v in run.items() if k not in ("derived", "probe")}

@@ -8,7 +8,7 @@ from common.capacity import fd_limit
 
 
 @dataclass(frozen=True)
-class Limits:
+class StepRules:
     """When a step counts as the server's limit, or as invalid. Shown in the report."""
 
     slo_ms: float = 500.0  # p99 of the scenario latency (fanout) above this: limit
@@ -43,7 +43,7 @@ class Profile:
     spawn_rate: float = 500.0
     precision: float = 0.11
     probe_time: float = 0.0
-    limits: Limits = Limits()
+    limits: StepRules = StepRules()
 
     def levels(self) -> list[int]:
         """The climb's user counts."""

@@ -4,7 +4,7 @@ A step runs from ``start`` to ``end`` (wall clock). Throughput, CPU and
 latency are read over its last ``window`` seconds (ramp and settling
 excluded); failures, refusals and disconnects over the whole step.
 
-Rules (thresholds in :class:`loadtest.compare.profiles.Limits`, shown in the report):
+Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the report):
 
 1. the server process exited → limit ``died`` (only then);
 2. the server is alive but answered no scrape of /metrics for 5 s, or more than
@@ -40,7 +40,7 @@ import os
 from itertools import pairwise
 
 from loadtest.compare import prom
-from loadtest.compare.profiles import Limits
+from loadtest.compare.profiles import StepRules
 
 CPUS = os.cpu_count() or 1
 PEAK_SPAN = 3.0  # seconds: the "peak" CPU of a step is its busiest 3 s
@@ -115,7 +115,7 @@ def summarize(
     end: float,
     window: float,
     samples: list[dict],
-    limits: Limits,
+    limits: StepRules,
     exited: bool = False,
 ) -> dict:
     """One row for the step ``[start, end]`` from the run's samples.
@@ -226,7 +226,7 @@ def other_cpu(row: dict) -> float | None:
     return max(0.0, machine / 100 * row["cpus"] - server - locust / 100)
 
 
-def judge(row: dict, limits: Limits) -> tuple[str, str]:
+def judge(row: dict, limits: StepRules) -> tuple[str, str]:
     """(``ok`` | ``limit`` | ``invalid``, why) for one step row."""
     if row.get("server_exited"):
         return "limit", "died (the server process exited)"
@@ -281,7 +281,7 @@ def confirm(rows: list[dict]) -> None:
             row["reason"] = f"{row['reason']}; not confirmed by the next step"
 
 
-def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
+def verdict(rows: list[dict], limits: StepRules, finished: bool) -> dict:
     """The server's limit from its step rows (in order); relabels transient breaches.
 
     ``finished``: the step plan ran to its end (else it was cut short).
@@ -323,7 +323,7 @@ def verdict(rows: list[dict], limits: Limits, finished: bool) -> dict:
     }
 
 
-def should_stop(rows: list[dict], limits: Limits) -> bool:
+def should_stop(rows: list[dict], limits: StepRules) -> bool:
     """True once the rows so far decide the run: a hard limit (died, unresponsive,
     refused), two
     breaches in a row (a confirmed limit), or too many invalid steps in a row."""
