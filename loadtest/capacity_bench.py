@@ -35,18 +35,17 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
+from loadtest import prom
 from loadtest.locustcmd import locust_command
 from loadtest.serverproc import (
     PROJECT_ROOT,
@@ -56,11 +55,6 @@ from loadtest.serverproc import (
     stop_process,
 )
 
-SAMPLE = re.compile(
-    r"^(locust_\w+|chat_connections|chat_messages_delivered_total)"
-    r'(?:\{name="(\w+)"\})? ([0-9.e+-]+)$',
-    re.M,
-)
 SERVER_CPU, LOCUST_CPU = 0, 1
 SATURATED = 90.0  # % of one core
 
@@ -115,23 +109,15 @@ class CostRun:
         }
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Flat samples of a Prometheus text page: ``metric`` or ``metric:name`` -> value."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for metric, name, value in SAMPLE.findall(text):
-        key = f"{metric}:{name}" if name else metric
-        values[key] = float(value)
-    # Histogram sums for the fanout average.
-    for key, suffix in (("fanout_sum_s", "sum"), ("fanout_count", "count")):
-        pattern = rf'^locust_response_time_seconds_{suffix}\{{name="fanout"\}} (\S+)$'
-        for match in re.finditer(pattern, text, re.M):
-            values[key] = float(match.group(1))
-    return values
+def scrape(url: str) -> dict:
+    """A scrape flattened by :func:`loadtest.prom.parse` (empty when nobody answers)."""
+    return prom.scrape(url) or {}
+
+
+FAILURES = "locust_failures_total{name="  # the key prefix of Locust's failures, per name
+FANOUT_SUM, FANOUT_COUNT = (
+    f"locust_response_time_seconds_{part}{{name=fanout}}" for part in ("sum", "count")
+)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -253,9 +239,7 @@ def _cost_sample(proc, server_proc, server: ServerProcess, metrics_url: str) -> 
         "loadavg": os.getloadavg(),
     }
     sample["users"] = locust_values.get("locust_users", 0.0)
-    sample["failures"] = sum(
-        v for k, v in locust_values.items() if k.startswith("locust_failures_total:")
-    )
+    sample["failures"] = sum(v for k, v in locust_values.items() if k.startswith(FAILURES))
     return sample
 
 
@@ -382,16 +366,16 @@ def _judge(step: Step, first: dict, last: dict) -> None:
     step.locust_cpu_percent = 100.0 * rate("cpu")
     step.server_cpu_percent = 100.0 * rate("server_cpu")
     step.locust_rss_mib = last["rss"] / 2**20
-    step.fanout_per_s = rate("locust_requests_total:fanout")
-    step.ack_per_s = rate("locust_requests_total:ack")
+    step.fanout_per_s = rate("locust_requests_total{name=fanout}")
+    step.ack_per_s = rate("locust_requests_total{name=ack}")
     step.receptions_per_s = step.fanout_per_s + step.ack_per_s
     step.deliveries_per_s = rate("delivered")
     if step.deliveries_per_s:
         step.locust_us_per_delivery = 1e6 * rate("cpu") / step.deliveries_per_s
-    count = last.get("fanout_count", 0.0) - first.get("fanout_count", 0.0)
-    total = last.get("fanout_sum_s", 0.0) - first.get("fanout_sum_s", 0.0)
+    count = last.get(FANOUT_COUNT, 0.0) - first.get(FANOUT_COUNT, 0.0)
+    total = last.get(FANOUT_SUM, 0.0) - first.get(FANOUT_SUM, 0.0)
     step.fanout_avg_ms = 1000.0 * total / count if count else 0.0
-    step.failures = sum(v for k, v in last.items() if k.startswith("locust_failures_total:"))
+    step.failures = sum(v for k, v in last.items() if k.startswith(FAILURES))
 
 
 def summarize_steps(mode: str, server: str, steps: list[dict]) -> str:

@@ -35,7 +35,6 @@ import random
 import statistics
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from loadtest import fit
+from loadtest import fit, prom
 from loadtest.serverproc import PROJECT_ROOT, running_server
 
 MIB = 1024 * 1024
@@ -72,22 +71,6 @@ class Totals:
     received: int = 0
     failures: Counter = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # fanout, seconds, sampled
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The sampled metrics from the server's /metrics (empty on error)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, _, value = line.rpartition(" ")
-        values[name] = float(value)
-    return values
 
 
 class SoakClient:
@@ -161,7 +144,7 @@ async def soak(args: argparse.Namespace, url: str, metrics_url: str) -> dict:
     me.cpu_percent()
 
     def sample() -> Sample:
-        values = scrape(metrics_url)
+        values = prom.scrape(metrics_url, timeout=5) or {}
         now = time.monotonic() - started
         s = Sample(now, **{key: values.get(name, 0.0) for key, name in SAMPLED.items()})
         s.client_cpu_percent = me.cpu_percent()

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from loadtest import cpubudget
-from loadtest.compare import diagnosis, knee, prom, steps
+from loadtest import cpubudget, prom
+from loadtest.compare import diagnosis, knee, steps
 from loadtest.compare.plots import PLOTS
 from loadtest.compare.profiles import StepRules, connection_ceiling, profile
 from loadtest.serverproc import PROJECT_ROOT

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from loadtest.compare import prom, sampler, steps
+from loadtest import prom
+from loadtest.compare import sampler, steps
 from loadtest.compare.profiles import Profile
 from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command

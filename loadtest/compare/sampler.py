@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtest.compare import prom
+from loadtest import prom
 
 REASONS = {
     "rejected": ("chat_connections_rejected_total", "reason"),

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from itertools import pairwise
 
-from loadtest.compare import prom
+from loadtest import prom
 from loadtest.compare.profiles import StepRules
 
 CPUS = os.cpu_count() or 1
