@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
-import subprocess
-from importlib.metadata import version
 from pathlib import Path
+
+from loadtest import machine as shared_machine
+from loadtest.serverproc import PROJECT_ROOT
 
 BARE_OF = {
     "threaded": "bare-threaded",
@@ -25,50 +25,31 @@ FIXED_RATE_MAX_RATIO = 1.25  # issue 13: threaded CPU per delivery at a moderate
 
 def machine() -> dict:
     """Where the run happened: CPU, memory, kernel, limits and load."""
-    cpu_model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu_model = line.split(":", 1)[1].strip()
-            break
-    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    import resource
-
+    about = shared_machine.describe(None, PROJECT_ROOT)
     return {
-        "hostname": platform.node(),
-        "cpu_model": cpu_model,
-        "cpus": os.cpu_count(),
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "os": _os_name(),
-        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "hostname": about["hostname"],
+        "cpu_model": about["cpu_model"],
+        "cpus": about["cpus"],
+        "memory_gib": round(about["memory_bytes"] / 2**30, 1),
+        "kernel": about["kernel"],
+        "os": about["distribution"] or about["os"],
+        "fd_limit": about["fd_limit"]["soft"],
+        "loadavg_at_start": [f"{x:.2f}" for x in about["load_average_at_start"] or ()],
     }
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for package in ("websockets", "uvloop", "orjson", "prometheus-client"):
-        try:
-            out[package] = version(package)
-        except Exception:
-            out[package] = None
-    try:
-        out["twinchat_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        out["twinchat_commit"] = None
-    return out
-
-
-def _os_name() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-    return platform.system()
+    """Python, the packages the servers run on, and the commit of this checkout."""
+    about = shared_machine.describe(None, PROJECT_ROOT)
+    packages = about["packages"]
+    return {
+        "python": platform.python_version(),
+        **{
+            name: packages.get(name)
+            for name in ("websockets", "uvloop", "orjson", "prometheus-client")
+        },
+        "twinchat_commit": about["git_commit"],
+    }
 
 
 def _at_probe(cap: dict) -> str:

@@ -20,8 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest import cpubudget, scenarios
-from loadtest.compare import knee, machine, report, runner, scaleout, steps
+from loadtest import cpubudget, machine, scenarios
+from loadtest.compare import knee, report, runner, scaleout, steps
 from loadtest.compare.profiles import PROFILES, Profile, StepRules, profile
 from loadtest.serverproc import PROJECT_ROOT
 

@@ -1,4 +1,8 @@
-"""Describe the machine a comparison ran on (shown in the report, kept in summary.json)."""
+"""Describe the machine a run happened on: hardware, limits, load, versions and commit.
+
+Every runner's report states where its figures were measured from this one
+description (compare's summary.json and report, bench's results).
+"""
 
 from __future__ import annotations
 
@@ -56,7 +60,9 @@ def uncommitted(root: Path) -> list[str] | None:
     return [line[3:] for line in out.stdout.splitlines() if line.strip()]
 
 
-def describe(pinning: dict, root: Path) -> dict:
+def describe(pinning: dict | None, root: Path) -> dict:
+    """The machine now, with ``pinning`` (how the run placed its processes) and the
+    commit of the checkout at ``root``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     versions = {}
     for name in PACKAGES:
@@ -69,6 +75,7 @@ def describe(pinning: dict, root: Path) -> dict:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
+        "kernel": platform.release(),
         "distribution": _os_release(),
         "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
