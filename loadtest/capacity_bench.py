@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtest import prom
+from loadtest import pinning, prom
 from loadtest.locustcmd import locust_command
 from loadtest.serverproc import (
     PROJECT_ROOT,
@@ -55,7 +54,7 @@ from loadtest.serverproc import (
     stop_process,
 )
 
-SERVER_CPU, LOCUST_CPU = 0, 1
+LOCUST_CPU = 1  # one Locust process, on the first CPU after the server's
 SATURATED = 90.0  # % of one core
 
 
@@ -125,10 +124,6 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def pinned() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-
-
 def start_locust(server: ServerProcess, out_dir: Path, exporter_port: int, *args: str):
     command = locust_command(
         server.url,
@@ -142,8 +137,8 @@ def start_locust(server: ServerProcess, out_dir: Path, exporter_port: int, *args
         str(out_dir / "locust"),
         *args,
     )
-    if pinned():
-        command = ["taskset", "-c", str(LOCUST_CPU), *command]
+    if pinning.available():
+        command = pinning.on_cpus(command, LOCUST_CPU)
     print("$", " ".join(command), flush=True)
     with open(out_dir / "locust.log", "ab") as log:
         return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=log)
@@ -188,7 +183,7 @@ def _cost_once(args: argparse.Namespace, out_dir: Path) -> CostRun:
     with running_server(
         args.server,
         *server_args,
-        cpu=SERVER_CPU if pinned() else None,
+        cpu=pinning.SERVER_CPU if pinning.available() else None,
         log_path=out_dir / "server.log",
     ) as server:
         locust = start_locust(
@@ -281,7 +276,7 @@ def run_steps(mode: str, args: argparse.Namespace, out_dir: Path) -> list[Step]:
     with running_server(
         args.server,
         *server_args,
-        cpu=SERVER_CPU if pinned() else None,
+        cpu=pinning.SERVER_CPU if pinning.available() else None,
         log_path=out_dir / "server.log",
     ) as server:
         locust = start_locust(
@@ -423,7 +418,9 @@ def run(mode: str, args: argparse.Namespace) -> tuple[dict, str]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "server": args.server,
-        "pinned": {"server_cpu": SERVER_CPU, "locust_cpu": LOCUST_CPU} if pinned() else None,
+        "pinned": {"server_cpu": pinning.SERVER_CPU, "locust_cpu": LOCUST_CPU}
+        if pinning.available()
+        else None,
         "locust_args": args.locust_arg,
         "report_dir": str(out_dir),
     }

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loadtest.pinning import on_cpus
 
 KINDS = ("threaded", "async")
 MODULES = {"threaded": "threaded_server", "async": "async_server"}
@@ -165,9 +167,7 @@ def start_server(
         str(metrics_port),
         *extra_args,
     ]
-    command: Sequence[str] = args
-    if cpu is not None and _have_taskset():
-        command = ["taskset", "-c", str(cpu), *args]
+    command = on_cpus(args, cpu)
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(
@@ -199,10 +199,3 @@ def running_server(kind: str, *extra_args: str, **kwargs) -> Iterator[ServerProc
         yield server
     finally:
         server.stop()
-
-
-def _have_taskset() -> bool:
-    return any(
-        os.access(os.path.join(d, "taskset"), os.X_OK)
-        for d in os.environ.get("PATH", "").split(os.pathsep)
-    )

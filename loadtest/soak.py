@@ -43,7 +43,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from loadtest import fit, prom
+from loadtest import fit, pinning, prom
 from loadtest.serverproc import PROJECT_ROOT, running_server
 
 MIB = 1024 * 1024
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             args.users = args.fallback_users
             source = "no compare limit found: --fallback-users"
     cpu = None
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+    if pinning.cpus() >= 2:  # this client on CPU 1, the server on CPU 0
         os.sched_setaffinity(0, {1})
-        cpu = 0
+        cpu = pinning.SERVER_CPU
     date = time.strftime("%Y-%m-%d %H:%M")
     out = args.out / f"soak-{args.server}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from loadtest import pinning
 from loadtest.bench import fixedrate, results
 from loadtest.bench.scenarios import SIZES, Pool, Runner
 from loadtest.bench.servers import SPEC_BY_NAME, SPECS, UNLIMITED
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         help="perf record -g each server during fixed-rate runs (logs/*.perf.data); "
         "the sampling disturbs the figures",
     )  # fmt: skip
-    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--server-cpu", type=int, default=pinning.SERVER_CPU)
     parser.add_argument("--client-cpu", type=int, default=1)
     args = parser.parse_args(argv)
 

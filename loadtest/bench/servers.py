@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest.pinning import on_cpus
 from loadtest.serverproc import PROJECT_ROOT, ServerProcess, free_port, start_server, stop_process
 
 
@@ -78,8 +79,7 @@ def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -
         return Running(spec, server.port, server.proc, server)
     port = free_port()
     command = [sys.executable, "-m", "loadtest.bench.refs", spec.kind, "--port", str(port)]
-    if cpu is not None:
-        command = ["taskset", "-c", str(cpu), *command]
+    command = on_cpus(command, cpu)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             command, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,

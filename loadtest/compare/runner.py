@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -27,11 +25,12 @@ from pathlib import Path
 
 import psutil
 
-from loadtest import prom
+from loadtest import pinning, prom
 from loadtest.compare import sampler, steps
 from loadtest.compare.profiles import Profile
 from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command
+from loadtest.pinning import on_cpus
 from loadtest.scenarios import SCENARIOS
 from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
 from loadtest.stepplan import StepPlan
@@ -54,17 +53,17 @@ class Pinning:
 
     @classmethod
     def choose(cls, wanted: bool) -> Pinning:
-        cpus = os.cpu_count() or 1
+        cpus = pinning.cpus()
         processes = max(1, cpus - 1)
         if not wanted:
             return cls(None, None, processes, "pinning disabled (--no-pin)")
         if cpus < 2:
             return cls(None, None, 1, f"not pinned: {cpus} CPU")
-        if shutil.which("taskset") is None:
+        if not pinning.available():
             return cls(None, None, processes, "not pinned: taskset not found")
-        rest = "1" if cpus == 2 else f"1-{cpus - 1}"
+        rest = pinning.load_cpus()
         return cls(
-            0, rest, processes,
+            pinning.SERVER_CPU, rest, processes,
             f"server on CPU 0, {processes} Locust process{'es' if processes > 1 else ''} "
             f"on CPU {rest} (taskset)",
         )  # fmt: skip
@@ -169,8 +168,7 @@ def run_server(
         *(["--processes", str(pinning.locust_processes)] if pinning.locust_processes > 1 else []),
         *options.locust_args,
     )  # fmt: skip
-    if pinning.locust_cpus is not None:
-        command = ["taskset", "-c", pinning.locust_cpus, *command]
+    command = on_cpus(command, pinning.locust_cpus)
 
     drive = StepDriver(name, options, server, plan, window, pinning, cpu_budget)
     try:
