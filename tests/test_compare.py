@@ -163,9 +163,11 @@ def test_judge_applies_the_rules_in_order(changes, outcome, reason):
     """A step is a limit (died only when the process exited; unresponsive when alive but
     silent or its handshakes fail unrefused; refused; failures; SLO), invalid (Locust
     saturated) or ok."""
-    got, why = steps.judge(_row(**changes), StepRules())
-    assert got == outcome
-    assert why.startswith(reason)
+    got = steps.judge(_row(**changes), StepRules())
+    assert got.outcome == outcome
+    assert got.why.startswith(reason)
+    if got.outcome == steps.Outcome.LIMIT:
+        assert got.why.startswith(got.criterion)  # the words name the criterion
 
 
 def test_two_invalid_steps_end_the_run_as_not_reached():

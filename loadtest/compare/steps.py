@@ -37,10 +37,42 @@ each on a freshly started server, between the last good step and that breach
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from itertools import pairwise
+from typing import NamedTuple
 
 from loadtest import prom
 from loadtest.compare.profiles import StepRules
+
+
+class Outcome(StrEnum):
+    """What one step says about the server (stored as its string in summary.json)."""
+
+    OK = "ok"
+    LIMIT = "limit"  # the server's limit, by one of the criteria
+    INVALID = "invalid"  # Locust was saturated: the step says nothing about the server
+    TRANSIENT = "transient"  # a breach that the next (bigger) step did not confirm
+
+
+class Criterion(StrEnum):
+    """Why a step is a limit."""
+
+    DIED = "died"
+    UNRESPONSIVE = "unresponsive"
+    REFUSED = "refused"
+    FAILURES = "failures"
+    SLO = "p99 over SLO"
+
+
+# Limits that need no confirmation by the next step.
+HARD_CRITERIA = frozenset({Criterion.DIED, Criterion.UNRESPONSIVE, Criterion.REFUSED})
+
+
+class Judgement(NamedTuple):
+    outcome: Outcome
+    criterion: Criterion | None  # for a limit
+    why: str  # the criterion in words, with the figures that met it
+
 
 CPUS = os.cpu_count() or 1
 PEAK_SPAN = 3.0  # seconds: the "peak" CPU of a step is its busiest 3 s
@@ -199,7 +231,7 @@ def summarize(
     row["server_exited"] = exited
     row["server_up"] = row["server_silent_s"] < limits.server_silent_s
     row["other_cpu_cores"] = other_cpu(row)
-    row["outcome"], row["reason"] = judge(row, limits)
+    row["outcome"], row["criterion"], row["reason"] = judge(row, limits)
     return row
 
 
@@ -226,45 +258,47 @@ def other_cpu(row: dict) -> float | None:
     return max(0.0, machine / 100 * row["cpus"] - server - locust / 100)
 
 
-def judge(row: dict, limits: StepRules) -> tuple[str, str]:
-    """(``ok`` | ``limit`` | ``invalid``, why) for one step row."""
+def judge(row: dict, limits: StepRules) -> Judgement:
+    """What one step row says: ok, a limit (and by which criterion), or invalid."""
+    limit = Outcome.LIMIT
     if row.get("server_exited"):
-        return "limit", "died (the server process exited)"
+        return Judgement(limit, Criterion.DIED, "died (the server process exited)")
     if not row["server_up"]:
-        return "limit", (
+        return Judgement(limit, Criterion.UNRESPONSIVE, (
             f"unresponsive (/metrics did not answer for {row['server_silent_s']:.0f} s; "
             "the process was alive)"
-        )
+        ))  # fmt: skip
     connects, failed = row["connects"], row["connect_failures"]
     refused = int(sum(row["rejected"].values()))
     too_many = connects and failed / connects > limits.max_connect_failure_ratio
     if too_many and not refused:
-        return "limit", (
+        return Judgement(limit, Criterion.UNRESPONSIVE, (
             f"unresponsive ({int(failed)} of {int(connects)} connects failed and the server "
             "refused none: handshakes timed out)"
-        )
+        ))  # fmt: skip
     if refused:
-        return "limit", (
+        return Judgement(limit, Criterion.REFUSED, (
             f"refused ({refused} rejected, {int(failed)} of {int(connects)} connects failed)"
-        )
+        ))  # fmt: skip
     cpu = row.get("locust_busiest_cpu_mean", row["locust_cpu_mean"])
     if cpu is not None and cpu > limits.locust_cpu_saturated:
-        return "invalid", f"load generator CPU {cpu:.0f}% > {limits.locust_cpu_saturated:.0f}%"
+        return Judgement(Outcome.INVALID, None, (
+            f"load generator CPU {cpu:.0f}% > {limits.locust_cpu_saturated:.0f}%"
+        ))  # fmt: skip
     if row["failure_ratio"] > limits.max_failure_ratio:
-        return "limit", (
+        return Judgement(limit, Criterion.FAILURES, (
             f"failures {100 * row['failure_ratio']:.1f}% > {100 * limits.max_failure_ratio:.0f}%"
-        )
+        ))  # fmt: skip
     over = row["latency_over_slo_share"]
     if over is not None and over > 1.0 - limits.slo_quantile:
-        return "limit", f"p99 over SLO ({100 * over:.1f}% of receptions > {limits.slo_ms:.0f} ms)"
-    return "ok", ""
-
-
-HARD_REASONS = ("died", "unresponsive", "refused")  # limits that need no confirmation
+        return Judgement(limit, Criterion.SLO, (
+            f"p99 over SLO ({100 * over:.1f}% of receptions > {limits.slo_ms:.0f} ms)"
+        ))  # fmt: skip
+    return Judgement(Outcome.OK, None, "")
 
 
 def _hard(row: dict) -> bool:
-    return row["outcome"] == "limit" and row["reason"].startswith(HARD_REASONS)
+    return row["outcome"] == Outcome.LIMIT and row.get("criterion") in HARD_CRITERIA
 
 
 def confirm(rows: list[dict]) -> None:
@@ -276,8 +310,12 @@ def confirm(rows: list[dict]) -> None:
     or followed by another breach or an invalid step, stands.
     """
     for row, following in pairwise(rows):
-        if row["outcome"] == "limit" and not _hard(row) and following["outcome"] == "ok":
-            row["outcome"] = "transient"
+        if (
+            row["outcome"] == Outcome.LIMIT
+            and not _hard(row)
+            and following["outcome"] == Outcome.OK
+        ):
+            row["outcome"] = Outcome.TRANSIENT
             row["reason"] = f"{row['reason']}; not confirmed by the next step"
 
 
@@ -290,7 +328,7 @@ def verdict(rows: list[dict], limits: StepRules, finished: bool) -> dict:
     last_ok = None
     invalid_run = 0
     for row in rows:
-        if row["outcome"] == "limit":
+        if row["outcome"] == Outcome.LIMIT:
             return {
                 "reached": True,
                 "users": row["users_target"],
@@ -299,11 +337,11 @@ def verdict(rows: list[dict], limits: StepRules, finished: bool) -> dict:
                 "last_ok_users": last_ok["users_target"] if last_ok else None,
                 "last_ok_step": last_ok["index"] if last_ok else None,
             }
-        if row["outcome"] == "invalid":
+        if row["outcome"] == Outcome.INVALID:
             invalid_run += 1
             if invalid_run >= limits.invalid_steps_to_stop:
                 break
-        elif row["outcome"] == "ok":
+        elif row["outcome"] == Outcome.OK:
             invalid_run = 0
             last_ok = row
     why = "max step" if finished and invalid_run < limits.invalid_steps_to_stop else None
@@ -329,9 +367,9 @@ def should_stop(rows: list[dict], limits: StepRules) -> bool:
     breaches in a row (a confirmed limit), or too many invalid steps in a row."""
     if any(_hard(r) for r in rows):
         return True
-    if len(rows) >= 2 and all(r["outcome"] == "limit" for r in rows[-2:]):
+    if len(rows) >= 2 and all(r["outcome"] == Outcome.LIMIT for r in rows[-2:]):
         return True
     tail = rows[-limits.invalid_steps_to_stop :]
     return len(tail) == limits.invalid_steps_to_stop and all(
-        r["outcome"] == "invalid" for r in tail
+        r["outcome"] == Outcome.INVALID for r in tail
     )
