@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtest import pinning, prom
+from loadtest import pinning, prom, schedstat
 from loadtest.compare import sampler, steps
 from loadtest.compare.profiles import Profile
 from loadtest.cpubudget import CpuBudget
@@ -223,7 +223,7 @@ class StepDriver:
     def mark(self) -> Mark:
         tasks: dict = {}
         for pid in _process_tree(self.server.pid):
-            tasks.update({(pid, tid): v for tid, v in (sampler.task_times(pid) or {}).items()})
+            tasks.update({(pid, tid): v for tid, v in (schedstat.task_times(pid) or {}).items()})
         throttled = self.cpu_budget.throttled() if self.cpu_budget else None
         return Mark(time.time(), tasks or None, throttled)
 
@@ -411,7 +411,7 @@ def evidence(first: Mark | None, last: Mark | None, row: dict) -> dict:
     if first is None or last is None or last.t <= first.t:
         return out
     seconds = last.t - first.t
-    delta = sampler.task_delta(last.tasks, first.tasks)
+    delta = schedstat.task_delta(last.tasks, first.tasks)
     out["thread_cpu_seconds"] = delta["cpu_seconds"]
     out["busiest_thread_share"] = delta["busiest_share"]
     if delta["cpu_seconds"] is not None:
