@@ -10,7 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest import prom
 from loadtest.pinning import on_cpus
+from loadtest.schedstat import task_times
 from loadtest.serverproc import PROJECT_ROOT, ServerProcess, free_port, start_server, stop_process
 
 
@@ -60,11 +62,7 @@ class Running:
         """The value of counter ``name`` on the server's /metrics (None for a bare reference)."""
         if self._owner is None:
             return None
-        for line in self._owner.metrics_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == name:
-                return float(value)
-        return None
+        return prom.parse(self._owner.metrics_text()).get(name)
 
     def stop(self) -> int | None:
         if self._owner is not None:
@@ -115,8 +113,8 @@ def cpu_seconds(pid: int) -> float:
 def exact_cpu_seconds(pid: int) -> tuple[float, int]:
     """CPU time of ``pid``'s live threads, exact, and how many threads were read.
 
-    Sums the first field of ``/proc/<pid>/task/<tid>/schedstat``: nanoseconds on
-    a CPU, which the scheduler adds up at every switch, per thread. User and
+    The sum of :func:`loadtest.schedstat.task_times` (schedstat: nanoseconds on a
+    CPU, which the scheduler adds up at every switch, per thread). User and
     system time (:func:`cpu_seconds`, ``/proc/<pid>/stat``) come from sampling
     whichever thread runs at each tick (``CONFIG_TICK_CPU_ACCOUNTING``, 250 Hz
     here), in 10 ms units; for a whole process this kernel scales the sampled
@@ -125,14 +123,8 @@ def exact_cpu_seconds(pid: int) -> tuple[float, int]:
     two readings takes its time with it: compare readings taken while no thread
     starts or ends.
     """
-    total = threads = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # the thread ended since the listing
-        threads += 1
-    return total / 1e9, threads
+    tasks = task_times(pid) or {}
+    return sum(t.cpu for t in tasks.values()), len(tasks)
 
 
 def machine_cpu() -> tuple[float, float]:
