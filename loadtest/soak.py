@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             args.users = args.fallback_users
             source = "no compare limit found: --fallback-users"
     cpu = None
-    if pinning.cpus() >= 2:  # this client on CPU 1, the server on CPU 0
+    if hasattr(os, "sched_setaffinity") and pinning.cpus() >= 2:  # this client on CPU 1
         os.sched_setaffinity(0, {1})
         cpu = pinning.SERVER_CPU
     date = time.strftime("%Y-%m-%d %H:%M")

@@ -16,7 +16,7 @@ Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the 
    window → the step is ``invalid`` (its latency is the load generator's),
    never the server's limit;
 5. more than 1 % of requests failed → limit ``failures``;
-6. p99 of the scenario latency above the SLO → limit ``slo``: computed from
+6. p99 of the scenario latency above the SLO → limit ``p99 over SLO``: computed from
    Locust's response-time histogram over the window as "more than 1 % of the
    receptions took longer than the SLO" (exact when the SLO is a bucket bound);
 7. otherwise ``ok``.
