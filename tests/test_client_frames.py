@@ -61,10 +61,16 @@ def websockets_parse(chunks: list[bytes], max_size: int | None) -> tuple[list, i
 
 
 def our_parse(chunks: list[bytes], max_size: int) -> tuple[list, int | None]:
+    """What the client's receive path reads: each chunk through ``whole_text``, then
+    ``feed`` when it is not one whole text frame (as ``ChatClient.on_readable`` does)."""
     parser = frames.FrameParser(max_size)
     read = []
     try:
         for chunk in chunks:
+            payload = parser.whole_text(chunk)
+            if payload is not None:
+                read.append((frames.OP_TEXT, True, bytes(payload)))
+                continue
             read.extend((op, fin, bytes(p)) for op, fin, p in parser.feed(chunk))
     except frames.FrameError as exc:
         read.extend((op, fin, bytes(p)) for op, fin, p in exc.frames)

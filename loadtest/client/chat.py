@@ -25,7 +25,8 @@ Receiving: after ``welcome``, the socket belongs to the process's
 :class:`~loadtest.client.reactor.Reactor`, which calls :meth:`on_readable`
 from gevent's hub when data is there: one ``recv`` (up to 64 KiB), the time
 read once (``time.time()``, right after the ``recv``: every byte handled was
-in the kernel by then), every complete frame parsed and handled. This path
+in the kernel by then), every complete frame parsed and handled (one whole
+text frame, the usual case, goes straight to :meth:`handle_text`). This path
 never blocks: pongs and close frames are sent from new greenlets. Successful
 ``ack``/``fanout``/``ping`` samples go to
 :class:`~loadtest.client.stats.BatchedStats` (merged into Locust's stats once
@@ -419,6 +420,12 @@ class ChatClient:
         now = _time()
         if not data:
             self._lost("connection lost (EOF)")
+            return
+        payload = self._parser.whole_text(data)
+        if payload is not None:  # the hot path: one whole message, nothing buffered
+            if now >= self._stats.second_end:
+                self._stats.rotate(now)
+            self.handle_text(payload, now)
             return
         try:
             received = self._parser.feed(data)

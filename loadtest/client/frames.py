@@ -107,6 +107,24 @@ class FrameParser:
             self._closed = True
             raise
 
+    def whole_text(self, data: bytes) -> bytes | None:
+        """The payload when ``data`` is exactly one whole, unfragmented text frame and the
+        parser holds nothing (the usual case: one chat message per ``recv``); else None,
+        and ``data`` goes to :meth:`feed` as usual. Never changes the parser's state.
+
+        The same frame :meth:`feed` would return, without building a list of tuples.
+        """
+        if self._buffer or self._fragmented or self._closed or len(data) < 2 or data[0] != 0x81:
+            return None
+        length = data[1]
+        if length < 126:
+            return data[2:] if len(data) == length + 2 else None
+        if length == 126 and len(data) > 4:
+            length = (data[2] << 8) | data[3]
+            if len(data) == length + 4 and length <= self.max_size:
+                return data[4:]
+        return None
+
     def _parse(self, data: bytes, frames: list[Frame]) -> list[Frame]:
         size = len(data)
         pos = 0
