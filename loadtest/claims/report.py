@@ -25,7 +25,8 @@ def table(
     compare: dict | None,
     compare_dir: str | None,
 ) -> list[dict]:
-    """Every claim: decided here where a scenario or code fact tests it, else by ``compare``."""
+    """Every claim: decided here where a scenario or code fact tests it (unless that part
+    was not run), else by ``compare``."""
     ours = {
         r["key"]: r
         for r in (
@@ -49,7 +50,7 @@ def table(
         }  # fmt: skip
     rows = []
     for key in compare_claims.CLAIM_KEYS:
-        if key in ours and (ours[key]["verdict"] != verdicts.NOT_MEASURED or key not in theirs):
+        if key in ours and (not ours[key]["measured"].startswith("not run") or key not in theirs):
             rows.append(ours[key])
         elif key in theirs:
             rows.append(theirs[key])
