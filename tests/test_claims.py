@@ -51,24 +51,24 @@ def test_code_facts_find_the_locks_and_the_order_rule():
     assert threaded["lines"] > 0 and async_["lines"] > 0
 
 
-def _point(variant, delay, p99, outcome="ok"):
-    return {"variant": variant, "delay_ms": delay, "fanout_p99_ms": p99, "outcome": outcome,
-            "extra_p99_ms": max(0.0, p99 - delay), "loop_lag_p99_ms": None, "reason": "",
+def _point(variant, delay, ping, outcome="ok"):
+    return {"variant": variant, "delay_ms": delay, "fanout_p99_ms": delay + 10,
+            "probe_p99_ms": ping, "outcome": outcome, "loop_lag_p99_ms": None, "reason": "",
             "failure_ratio": 0.0}  # fmt: skip
 
 
 def test_blocking_verdicts_decide_both_ways():
     """Threads compatible and the loop hurt: both claims supported; a loop that was not
     hurt: the incompatibility claim is not supported."""
-    threaded = [_point("threaded", 0, 5), _point("threaded", 50, 60)]
-    hurt = [_point("async", 0, 5), _point("async", 50, 3000, "limit")]
-    fine = [_point("async", 0, 5), _point("async", 50, 58)]
+    threaded = [_point("threaded", 0, 2), _point("threaded", 50, 6)]
+    hurt = [_point("async", 0, 2), _point("async", 50, 3000, "limit")]
+    fine = [_point("async", 0, 2), _point("async", 50, 5)]
     result = {"points": threaded + hurt}
     assert verdicts.blocking_compatibility(result)["verdict"] == verdicts.SUPPORTED
     assert verdicts.blocking_incompatibility(result)["verdict"] == verdicts.SUPPORTED
     result = {"points": threaded + fine}
     assert verdicts.blocking_incompatibility(result)["verdict"] == verdicts.NOT_SUPPORTED
-    slow_threads = [_point("threaded", 0, 5), _point("threaded", 50, 900, "limit")]
+    slow_threads = [_point("threaded", 0, 2), _point("threaded", 50, 40)]
     result = {"points": slow_threads + hurt}
     assert verdicts.blocking_compatibility(result)["verdict"] == verdicts.NOT_SUPPORTED
 
@@ -119,5 +119,5 @@ def test_make_claims_smoke(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     variants = {p["variant"] for p in summary["blocking"]["points"]}
     assert variants == {"threaded", "async", "async+thread"}
-    assert all(p["calls"] > 0 for p in summary["blocking"]["points"])
+    assert all(p["calls"] > 0 and p["probe_pings"] > 0 for p in summary["blocking"]["points"])
     assert {p["server"] for p in summary["cpubound"]["points"]} == {"threaded", "async"}

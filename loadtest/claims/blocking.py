@@ -15,17 +15,25 @@ budget.
 
 What each point reads: the bystanders' fan-out p99 (Locust's ``fanout``:
 receive time minus the sender's ``sent_at``, at every member but the sender),
-which includes the sender's own wait of N ms; the extra delay beyond that
-(p99 − N) is what the other members paid for someone else's blocking call;
-and the async server's event-loop lag p99.
+which includes the sender's own call of N ms and whatever that call costs
+beyond N (connect, the service's own tail); the round-trip p99 of a bystander
+that makes no blocking call at all (:mod:`loadtest.claims.probe`: a separate
+client pinging the server every 0.1 s), which is what others' blocking calls
+cost a request that needs none; and the async server's event-loop lag p99.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+from loadtest.claims import probe
 from loadtest.compare import figures, runner
 from loadtest.moderation import ModerationService
+from loadtest.serverproc import PROJECT_ROOT, ServerProcess, stop_process
 
 DELAYS_MS = (0, 5, 20, 50)
 USERS = 1000
@@ -71,15 +79,21 @@ def run(
                 service.delay_ms = delay
                 calls_before = service.requests
                 tag = f"{variant.tag}-{delay:g}ms"
-                result = runner.run_server(
-                    variant.kind,
-                    options,
-                    levels=[users],
-                    tag=tag,
-                    server_args=["--moderation-url", service.url, *variant.server_args],
-                )
+                pings = options.out_dir / f"{variant.kind}{tag}-probe.txt"
+                with Probe(pings) as bystander:
+                    result = runner.run_server(
+                        variant.kind,
+                        options,
+                        levels=[users],
+                        tag=tag,
+                        server_args=["--moderation-url", service.url, *variant.server_args],
+                        on_start=bystander.start,
+                    )
                 row = result["steps"][-1] if result["steps"] else None
-                points.append(point(variant, delay, row, service.requests - calls_before, result))
+                rtts = probe.read(pings, row["judged_from"], row["end"]) if row else []
+                points.append(
+                    point(variant, delay, row, service.requests - calls_before, result, rtts)
+                )
     return {
         "users": users,
         "delays_ms": list(delays_ms),
@@ -88,9 +102,35 @@ def run(
     }
 
 
-def point(variant: Variant, delay: float, row: dict | None, calls: int, result: dict) -> dict:
+class Probe:
+    """The bystander probe (:mod:`loadtest.claims.probe`) in a process of its own,
+    started once the server serves and stopped when the ``with`` block ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, server: ServerProcess) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.claims.probe", server.url, str(self.path)],
+            cwd=PROJECT_ROOT,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, 5.0)
+
+
+def point(
+    variant: Variant, delay: float, row: dict | None, calls: int, result: dict, rtts: list[float]
+) -> dict:
     """One (variant, N) reduced to what the plot and the verdicts read."""
     p99 = figures.p99(row)
+    ping = probe.p99(rtts)
     return {
         "variant": variant.name,
         "delay_ms": delay,
@@ -99,6 +139,8 @@ def point(variant: Variant, delay: float, row: dict | None, calls: int, result: 
         "fanout_p99_ms": p99,
         "fanout_p50_ms": figures.p50(row),
         "extra_p99_ms": None if p99 is None else max(0.0, p99 - delay),
+        "probe_p99_ms": None if ping is None else 1000 * ping,
+        "probe_pings": len(rtts),
         "loop_lag_p99_ms": row.get("loop_lag_p99_ms") if row else None,
         "deliveries_per_s": row.get("deliveries_per_s") if row else None,
         "server_cpu_cores": row.get("cpu_cores_exact") if row else None,

@@ -23,8 +23,8 @@ VARIANT_STYLE = {
     "async+thread": {"color": "tab:green", "marker": "D", "label": "async (asyncio.to_thread)"},
 }
 PLOTS = {
-    "blocking.png": "Blocking library call in every say: bystanders' fan-out p99 and "
-    "event-loop lag vs the call's delay N",
+    "blocking.png": "Blocking library call in every say: bystanders' fan-out p99, a "
+    "bystander's ping p99 and event-loop lag vs the call's delay N",
     "cpubound.png": "Pure-Python work in every say: cores used and deliveries/s vs say rate",
 }
 HOLLOW_NOTE = "hollow: step not ok (over the SLO, unresponsive, failures)"
@@ -38,13 +38,16 @@ def _line(ax, xs, ys, oks, style) -> None:
 
 
 def blocking(result: dict, path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 3, SIZE[1]))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(SIZE[0] + 7, SIZE[1]))
     delays = result["delays_ms"]
     for name, style in VARIANT_STYLE.items():
         points = [p for p in result["points"] if p["variant"] == name]
         got = [p for p in points if p["fanout_p99_ms"] is not None]
         _line(left, [p["delay_ms"] for p in got], [p["fanout_p99_ms"] for p in got],
               [p["outcome"] == "ok" for p in got], style)  # fmt: skip
+        pings = [p for p in points if p.get("probe_p99_ms") is not None]
+        _line(middle, [p["delay_ms"] for p in pings], [p["probe_p99_ms"] for p in pings],
+              [p["outcome"] == "ok" for p in pings], style)  # fmt: skip
         lag = [p for p in points if p.get("loop_lag_p99_ms") is not None]
         if name != "threaded" and lag:
             lags = [max(p["loop_lag_p99_ms"], 0.1) for p in lag]  # log scale: no zero
@@ -52,7 +55,7 @@ def blocking(result: dict, path: Path) -> None:
                   [p["outcome"] == "ok" for p in lag], style)  # fmt: skip
     waits = [d for d in delays if d > 0]  # log scale: N = 0 has no point
     left.plot(waits, waits, color="0.5", linestyle=":", label="N: the sender's own wait")
-    for ax in (left, right):
+    for ax in (left, middle, right):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
         ax.set_xlabel("moderation service delay N (ms)")
@@ -60,6 +63,9 @@ def blocking(result: dict, path: Path) -> None:
         ax.grid(True, alpha=0.3)
     left.set_title(f"Bystanders' fan-out p99, {result['users']:,} chat users", fontsize=10)
     left.set_ylabel("fan-out p99 (ms, log scale)")
+    middle.set_title("Ping p99 of a bystander that makes no call", fontsize=10)
+    middle.set_ylabel("ping round trip p99 (ms, log scale)")
+    middle.legend(fontsize=8, loc="upper left")
     right.set_title("Async server's event-loop lag p99", fontsize=10)
     right.set_ylabel("loop lag p99 (ms, log scale)")
     left.legend(fontsize=8, loc="upper left")

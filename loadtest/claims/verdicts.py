@@ -50,23 +50,22 @@ def _f(value, fmt="{:.0f}") -> str:
 # -- blocking libraries ----------------------------------------------------------------
 
 
-def unaffected(point: dict, base_p99: float | None) -> bool:
+def unaffected(point: dict, base_ms: float | None) -> bool:
     """A (variant, N) point whose bystanders paid nothing for others' blocking calls:
-    an ok step, failures within bounds, and the p99 beyond the sender's own wait of N
-    at most LATENCY_RATIO x the variant's p99 at N = 0 plus LATENCY_FLOOR_MS."""
-    extra = point.get("extra_p99_ms")
-    if point.get("outcome") != "ok" or extra is None or base_p99 is None:
+    an ok step, failures within bounds, and the bystander probe's ping p99 at most
+    LATENCY_RATIO x the same variant's at N = 0 plus LATENCY_FLOOR_MS."""
+    ping = point.get("probe_p99_ms")
+    if point.get("outcome") != "ok" or ping is None or base_ms is None:
         return False
     if (point.get("failure_ratio") or 0) > MAX_FAILURE_RATIO:
         return False
-    return extra <= LATENCY_RATIO * max(base_p99, 1.0) + LATENCY_FLOOR_MS
+    return ping <= LATENCY_RATIO * max(base_ms, 1.0) + LATENCY_FLOOR_MS
 
 
 UNAFFECTED_RULE = (
-    "a point is unaffected when its step is ok (within the SLO, failures <= "
-    f"{MAX_FAILURE_RATIO:.0%}) and the bystanders' fan-out p99 beyond the sender's own wait "
-    f"(p99 - N) is at most {LATENCY_RATIO:g} x the same variant's p99 at N = 0 + "
-    f"{LATENCY_FLOOR_MS:g} ms"
+    "a point is unaffected when its step is ok (fan-out within the SLO, failures <= "
+    f"{MAX_FAILURE_RATIO:.0%}) and the ping p99 of a bystander that makes no blocking call is "
+    f"at most {LATENCY_RATIO:g} x the same variant's at N = 0 + {LATENCY_FLOOR_MS:g} ms"
 )
 
 
@@ -79,12 +78,13 @@ def _by_variant(result: dict) -> dict[str, list[dict]]:
 
 def _base(points: list[dict]) -> float | None:
     zero = next((p for p in points if p["delay_ms"] == 0), None)
-    return zero.get("fanout_p99_ms") if zero else None
+    return zero.get("probe_p99_ms") if zero else None
 
 
 def _describe(points: list[dict]) -> str:
     return ", ".join(
-        f"N={p['delay_ms']:g}: p99 {_f(p['fanout_p99_ms'])} ms"
+        f"N={p['delay_ms']:g}: fan-out p99 {_f(p['fanout_p99_ms'])} ms, bystander ping p99 "
+        f"{_f(p.get('probe_p99_ms'), '{:.1f}')} ms"
         + (f" (loop lag {_f(p['loop_lag_p99_ms'])} ms)" if p.get("loop_lag_p99_ms") else "")
         + ("" if p["outcome"] == "ok" else f" [{p['reason'] or p['outcome']}]")
         for p in points
@@ -97,7 +97,7 @@ def blocking_compatibility(result: dict | None) -> dict:
     measurement = (
         "Threaded server, a blocking urllib call to a moderation service answering after N ms "
         "in every say (in the sender's thread, outside chat_lock), N = 0, 5, 20, 50 ms, same "
-        "chat load: bystanders' fan-out p99."
+        "chat load: bystanders' fan-out p99, and the ping p99 of a bystander that makes no call."
     )
     rule = f"every N unaffected: supported; else not supported ({UNAFFECTED_RULE})."
     points = _by_variant(result).get("threaded") if result else None
