@@ -11,11 +11,15 @@ filtering to :data:`TOP_DEMAND` cores' worth, until the server saturates
 
 Each step reads the server's exact CPU (the sum of its threads' time on a CPU,
 from ``/proc/PID/task/*/schedstat``), the share of it in the busiest thread,
-deliveries/s, and the machine's CPU: did the threaded server ever use more
-than one core while the machine had a second one free?
+says received and deliveries/s, and the machine's CPU (mean over the step
+after its ramp): did the threaded server ever use more than one core while
+the machine had a second one free?
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from loadtest.compare import runner
 
@@ -31,6 +35,29 @@ KINDS = ("threaded", "async")
 
 def locust_args() -> list[str]:
     return ["--say-every", f"{SAY_EVERY:g}", "--room-size", str(ROOM_SIZE)]
+
+
+def _machine_cpu(out: Path, result: dict) -> dict[int, float]:
+    """Machine CPU (% of all CPUs) of each step, the mean of its samples after the ramp.
+
+    Over the whole hold rather than the judged window: a step cut short because the
+    server stopped answering /metrics (the async server's metrics are served by its
+    busy loop) may have a window too short to hold a sample.
+    """
+    path = out / f"{result['name']}-samples.jsonl"
+    if not path.exists():
+        return {}
+    samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out_rows = {}
+    for row in result["steps"]:
+        values = [
+            s["machine_cpu"]
+            for s in samples
+            if row["ramp_end"] + 1 <= s["t"] <= row["end"] and s.get("machine_cpu") is not None
+        ]
+        if values:
+            out_rows[row["index"]] = sum(values) / len(values)
+    return out_rows
 
 
 def demand_cores(users: int) -> float:
@@ -51,6 +78,7 @@ def run(options: runner.RunOptions, *, levels: tuple[int, ...] = LEVELS) -> dict
             tag="-cpu",
             server_args=["--say-cpu-ms", f"{SAY_CPU_MS:g}"],
         )
+    machine = {kind: _machine_cpu(options.out_dir, result) for kind, result in runs.items()}
     points = [
         {
             "server": kind,
@@ -63,7 +91,7 @@ def run(options: runner.RunOptions, *, levels: tuple[int, ...] = LEVELS) -> dict
             "cpu_cores_peak": row.get("server_cpu_cores_max"),
             "busiest_thread_share": row.get("busiest_thread_share"),
             "threads": row.get("threads"),
-            "machine_cpu_mean": row.get("machine_cpu_mean"),
+            "machine_cpu_mean": machine[kind].get(row["index"]),
             "locust_cpu_mean": row.get("locust_cpu_mean"),
             "fanout_p99_ms": row.get("locust_p99_ms") or row.get("latency_p99_ms"),
             "outcome": row["outcome"],
