@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         summary = json.loads((args.render / "summary.json").read_text())
+        for point in (summary.get("blocking") or {}).get("points", []):
+            point.update(blocking.probe_figures(args.render, point))  # from its raw pings
         summary["claims"] = _claims(summary, args.compare)
         report.write(args.render, summary)
         print(report.claims_markdown(summary["claims"]))

@@ -90,10 +90,8 @@ def run(
                         on_start=bystander.start,
                     )
                 row = result["steps"][-1] if result["steps"] else None
-                rtts = probe.read(pings, row["judged_from"], row["end"]) if row else []
-                points.append(
-                    point(variant, delay, row, service.requests - calls_before, result, rtts)
-                )
+                points.append(point(variant, delay, row, service.requests - calls_before, result))
+                points[-1].update(probe_figures(options.out_dir, points[-1]))
     return {
         "users": users,
         "delays_ms": list(delays_ms),
@@ -125,12 +123,28 @@ class Probe:
             stop_process(self.proc, signal.SIGTERM, 5.0)
 
 
-def point(
-    variant: Variant, delay: float, row: dict | None, calls: int, result: dict, rtts: list[float]
-) -> dict:
-    """One (variant, N) reduced to what the plot and the verdicts read."""
-    p99 = figures.p99(row)
+def probe_figures(out: Path, point: dict) -> dict:
+    """The bystander probe's p99 over the step's judged window, or, when no ping was sent
+    in it (a step cut short while the loop was blocked), over the step after its ramp."""
+    row = point.get("step")
+    path = out / f"{point['run']}-probe.txt"
+    if not row:
+        return {"probe_p99_ms": None, "probe_pings": 0, "probe_window": None}
+    rtts, window = probe.read(path, row["judged_from"], row["end"]), "judged window"
+    if not rtts:
+        rtts, window = probe.read(path, row["ramp_end"], row["end"]), "step after its ramp"
     ping = probe.p99(rtts)
+    return {
+        "probe_p99_ms": None if ping is None else 1000 * ping,
+        "probe_pings": len(rtts),
+        "probe_window": window,
+    }
+
+
+def point(variant: Variant, delay: float, row: dict | None, calls: int, result: dict) -> dict:
+    """One (variant, N) reduced to what the plot and the verdicts read (the probe's
+    figures are added by :func:`probe_figures`)."""
+    p99 = figures.p99(row)
     return {
         "variant": variant.name,
         "delay_ms": delay,
@@ -139,8 +153,6 @@ def point(
         "fanout_p99_ms": p99,
         "fanout_p50_ms": figures.p50(row),
         "extra_p99_ms": None if p99 is None else max(0.0, p99 - delay),
-        "probe_p99_ms": None if ping is None else 1000 * ping,
-        "probe_pings": len(rtts),
         "loop_lag_p99_ms": row.get("loop_lag_p99_ms") if row else None,
         "deliveries_per_s": row.get("deliveries_per_s") if row else None,
         "server_cpu_cores": row.get("cpu_cores_exact") if row else None,

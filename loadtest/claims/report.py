@@ -201,7 +201,8 @@ def _blocking_table(result: dict) -> str:
     body = [
         [_e(p["variant"]), _e(f"{p['delay_ms']:g}"), _e(_n(p["calls"])),
          _e(_n(p["fanout_p50_ms"])), _e(_n(p["fanout_p99_ms"])), _e(_n(p["extra_p99_ms"])),
-         _e(_n(p.get("probe_p99_ms"), "{:,.1f}")),
+         _e(_n(p.get("probe_p99_ms"), "{:,.1f}")
+            + ("" if p.get("probe_window") in (None, "judged window") else " (whole step)")),
          _e(_n(p["loop_lag_p99_ms"], "{:,.1f}")), _e(_n(p["deliveries_per_s"])),
          _e(_n(p["server_cpu_cores"], "{:.2f}")), _e(_n(p["threads"])),
          _e(_n(100 * (p["failure_ratio"] or 0), "{:.2f}")),
