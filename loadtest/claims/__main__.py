@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["date"] = summary["machine"]["date"]
     if "shared" in parts:
         summary["shared"] = {"runs": [_shared(locked, si) for locked, si in SHARED_RUNS]}
+        _checkpoint(out, summary)
     if "blocking" in parts:
         options = _options(out, "blocking", smoke, args.quiet)
         summary["blocking"] = blocking.run(
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             users=SMOKE["users"] if smoke else blocking.USERS,
             delays_ms=SMOKE["delays"] if smoke else blocking.DELAYS_MS,
         )
+        _checkpoint(out, summary)
     if "cpu" in parts:
         options = _options(out, "cpu", smoke, args.quiet)
         summary["cpubound"] = cpubound.run(
@@ -106,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[claims] done in {summary['seconds']} s: {out / 'report.html'}")
         print(report.claims_markdown(summary["claims"]))
     return 0
+
+
+def _checkpoint(out: Path, summary: dict) -> None:
+    """Write what the run has so far, so that a failure later loses no measurement
+    (``--render`` finishes the report from it)."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
 def _claims(summary: dict, compare_dir: Path | None) -> list[dict]:
@@ -142,9 +150,9 @@ def _shared(locked: bool, switch_interval: float) -> dict:
     if not locked:
         command.append("--no-lock")
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
+    if done.returncode != 0:  # reported as such in the table, never counted as a breakage
         return {"locked": locked, "switch_interval": switch_interval, "says_sent": 0,
-                "error": done.stderr[-2000:]}  # fmt: skip
+                "error": done.stderr[-2000:] or f"exit {done.returncode}"}  # fmt: skip
     return json.loads(done.stdout)
 
 

@@ -239,7 +239,7 @@ def _shared_table(shared: dict) -> str:
             "members_lost")  # fmt: skip
     body = [
         [_e("yes" if r["locked"] else "no-op"), _e(f"{r['switch_interval'] * 1000:g}"),
-         _e(r["says_sent"]), *(_e(r.get(k)) for k in keys)]
+         _e(r["says_sent"]), *(_e(r.get(k, "failed")) for k in keys)]
         for r in shared["runs"]
     ]  # fmt: skip
     return _table(["chat_lock", "switch interval ms", "says sent", *keys], body)

@@ -235,6 +235,9 @@ def _experiment_text(shared: dict) -> str:
     parts = []
     for run in shared.get("runs", []):
         label = "with chat_lock" if run["locked"] else "chat_lock a no-op"
+        if "error" in run:
+            parts.append(f"{label}: the experiment failed ({run['error'].strip()[-200:]})")
+            continue
         parts.append(
             f"{label} (switch interval {run['switch_interval'] * 1000:g} ms, {run['says_sent']} "
             f"says): out of order {run['out_of_order']}, duplicate seq {run['duplicate_seq']}, "
@@ -264,7 +267,7 @@ def shared_state_complexity(shared: dict | None, code: dict) -> dict:
         "breakages without the lock > 0 and none with it, and the threaded server has more "
         "locks than the async one: supported; no breakage without the lock: not supported."
     )
-    runs = (shared or {}).get("runs", [])
+    runs = [r for r in (shared or {}).get("runs", []) if "error" not in r]
     locked = [breakages(r) for r in runs if r["locked"]]
     unlocked = [breakages(r) for r in runs if not r["locked"]]
     measured = f"{_experiment_text(shared or {})}. Code facts: {_code_text(code)}"
