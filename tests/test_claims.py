@@ -73,21 +73,23 @@ def test_blocking_verdicts_decide_both_ways():
     assert verdicts.blocking_compatibility(result)["verdict"] == verdicts.NOT_SUPPORTED
 
 
-def _cpu(server, cores, demand=2.0, machine=60.0):
+def _cpu(server, cores, demand=2.0, machine=60.0, outcome="limit"):
     return {"server": server, "demand_cores": demand, "cpu_cores_exact": cores,
             "machine_cpu_mean": machine, "says_per_s_offered": 200, "deliveries_per_s": 1000,
-            "busiest_thread_share": 0.5}  # fmt: skip
+            "busiest_thread_share": 0.5, "outcome": outcome, "reason": "p99 over SLO"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("cores", "gil", "parallel"),
-    [(1.0, verdicts.SUPPORTED, verdicts.NOT_SUPPORTED),
-     (1.8, verdicts.NOT_SUPPORTED, verdicts.SUPPORTED)],
+    ("cores", "outcome", "gil", "parallel"),
+    [(0.88, "limit", verdicts.SUPPORTED, verdicts.NOT_SUPPORTED),
+     (1.8, "limit", verdicts.NOT_SUPPORTED, verdicts.SUPPORTED),
+     (0.7, "ok", verdicts.NOT_MEASURED, verdicts.NOT_MEASURED)],
 )  # fmt: skip
-def test_cpu_verdicts_decide_both_ways(cores, gil, parallel):
-    """Stuck at one core with a core free: the GIL claim holds and asyncio's parallelism
-    does not; more than one core: the reverse."""
-    result = {"say_cpu_ms": 10, "points": [_cpu("threaded", cores), _cpu("async", cores)]}
+def test_cpu_verdicts_decide_both_ways(cores, outcome, gil, parallel):
+    """Stuck at one core with says queuing and a core free: the GIL claim holds and
+    asyncio's parallelism does not; more than one core: the reverse; no queue: untested."""
+    points = [_cpu("threaded", cores, outcome=outcome), _cpu("async", cores, outcome=outcome)]
+    result = {"say_cpu_ms": 10, "points": points}
     assert verdicts.gil(result)["verdict"] == gil
     assert verdicts.true_parallelism(result)["verdict"] == parallel
 

@@ -18,7 +18,6 @@ from loadtest.compare.claims import (
     NOT_SUPPORTED,
     ONE_CORE,
     SUPPORTED,
-    WHOLE_CORE,
 )
 
 UNDECIDED = "undecided"  # the facts point both ways
@@ -171,12 +170,14 @@ def _one_core_verdict(points: list[dict]) -> tuple[str, str]:
     cores, machine = top["cpu_cores_exact"], top["machine_cpu_mean"]
     if cores > ONE_CORE:
         return "parallel", f"{cores:.2f} cores at {top['says_per_s_offered']:.0f} says/s"
-    if cores >= WHOLE_CORE and machine is not None and machine < MACHINE_SPARE:
+    waiting = top["outcome"] != "ok"  # over the SLO or unresponsive: says were queuing
+    if waiting and machine is not None and machine < MACHINE_SPARE:
         return "one core", (
-            f"at most {cores:.2f} cores with {top['demand_cores']:.1f} cores of work offered "
-            f"and the machine {machine:.0f}% busy"
+            f"at most {cores:.2f} cores with {top['demand_cores']:.1f} cores of work offered, "
+            f"says queuing ({top['reason'] or top['outcome']}) and the machine "
+            f"{machine:.0f}% busy"
         )
-    return NOT_MEASURED, f"{cores:.2f} cores, machine {_f(machine)}% busy"
+    return NOT_MEASURED, f"{cores:.2f} cores, machine {_f(machine)}% busy, says not queuing"
 
 
 CPU_MEASUREMENT = (
@@ -186,8 +187,9 @@ CPU_MEASUREMENT = (
 )
 CPU_RULE = (
     f"over the steps offered more than {ONE_CORE} cores of work: the server's CPU > {ONE_CORE} "
-    f"cores → it ran in parallel; >= {WHOLE_CORE} cores while the machine was < "
-    f"{MACHINE_SPARE:.0f}% busy → stuck at one core with a core free; otherwise not measured."
+    f"cores → it ran in parallel; at most {ONE_CORE} cores while says were queuing (the step "
+    f"over the SLO or unresponsive) and the machine was < {MACHINE_SPARE:.0f}% busy → stuck "
+    "at one core with a core free; otherwise not measured."
 )
 
 
