@@ -7,7 +7,7 @@ HEAVY_LOCK ?= /tmp/twinchat-heavy.lock
 
 .PHONY: claims
 
-## claims: blocking-library, CPU-bound and shared-state scenarios, verdicts and plots (~9 min)
+## claims: blocking-library, CPU-bound and shared-state scenarios, verdicts and plots (~8 min)
 ##         [CLAIMS_ARGS="--only blocking,cpu,shared --profile smoke --compare DIR"]
 claims: venv
 	flock $(HEAVY_LOCK) $(PY) -m loadtest.claims $(CLAIMS_ARGS)

@@ -1,6 +1,6 @@
 """``python -m loadtest.claims``: the claims scenarios, their verdicts and a report.
 
-    python -m loadtest.claims                      # all: blocking, cpu, shared (~9 min here)
+    python -m loadtest.claims                      # all: blocking, cpu, shared (~7.5 min here)
     python -m loadtest.claims --only blocking
     python -m loadtest.claims --profile smoke      # about a minute (the test)
     python -m loadtest.claims --render DIR         # redraw DIR's report from its summary.json
