@@ -316,7 +316,8 @@ def plug(
 
     ``deliver`` is the server's: the broker calls it on the loop's thread.
     """
+    screening = config.screening.enabled
     if config.broker == "memory":
-        return ChatCore(implementation, config.limits), LocalRooms()
-    core = SharedChatCore(implementation, config.limits)
+        return ChatCore(implementation, config.limits, screening=screening), LocalRooms()
+    core = SharedChatCore(implementation, config.limits, screening=screening)
     return core, RedisBroker(config.broker, core, deliver)

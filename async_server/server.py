@@ -28,12 +28,14 @@ from websockets.http11 import Request, Response
 
 from async_server.broker import plug
 from async_server.metrics_http import serve_metrics
+from blocking import screen
 from common import metrics
 from common.capacity import socket_limit
 from common.chat import Outcome, Session
 from common.config import ServerConfig
 from common.http import HttpReply, answer, refused_upgrade
 from common.reasons import DisconnectReason, DropReason, RejectReason, disconnect_reason
+from common.screening import PendingScreen
 
 logger = logging.getLogger("twinchat.async")
 
@@ -192,6 +194,8 @@ class ChatServer:
         else:
             outcome = self.core.receive_binary(session)
         self.deliver(outcome)
+        if outcome.screen is not None:
+            outcome = await self._screen(session, outcome.screen)
         metrics.record(outcome, received_at)
         await self.broker.handle(outcome)
         if outcome.close is not None:
@@ -199,6 +203,24 @@ class ChatServer:
             await connection.close(outcome.close.code, outcome.close.reason)
             return False
         return True
+
+    async def _screen(self, session: Session, pending: PendingScreen) -> Outcome:
+        """Screen a say (common/screening.py), then finish it.
+
+        ``--screen-in loop`` calls the blocking code as written, on the event
+        loop: while it waits for the moderation service (or runs the content
+        filter), no other connection is served. ``--screen-in thread`` moves
+        the call to a worker thread (``asyncio.to_thread``, the loop's default
+        executor), and the loop goes on meanwhile.
+        """
+        screening = self.config.screening
+        if screening.screen_in == "thread":
+            verdict = await asyncio.to_thread(screen, pending.say.text, screening)
+        else:
+            verdict = screen(pending.say.text, screening)
+        outcome = self.core.complete_screen(session, pending, verdict)
+        self.deliver(outcome)
+        return outcome
 
     def deliver(self, outcome: Outcome) -> None:
         """Write every payload of ``outcome`` to its targets, without awaiting.

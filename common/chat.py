@@ -10,12 +10,15 @@ Rules, in the order a connection meets them:
    close the connection with 1008.
 3. A *ready* session may ``join``, ``leave``, ``say`` and ``ping``. ``say`` to
    a room it is not in gets ``not_joined``.
-4. ``say`` gives the message its room's next seq and sends it to every member,
+4. With screening on (:mod:`common.screening`), a valid ``say`` first waits
+   for its verdict: ``receive`` returns it as ``Outcome.screen``, and
+   :meth:`ChatCore.complete_screen` takes the verdict back (rules there).
+5. ``say`` gives the message its room's next seq and sends it to every member,
    sender included. Members receive a room's messages in seq order because
    the caller hands out each :class:`Outcome` in the order :class:`ChatCore`
    produced them (the threaded server holds one lock across ``receive`` and
    queuing; the asyncio server is single-threaded).
-5. When the connection ends, :meth:`ChatCore.close` takes the session out of
+6. When the connection ends, :meth:`ChatCore.close` takes the session out of
    its rooms and tells the other members.
 
 Usage, by a server's connection handler::
@@ -46,6 +49,7 @@ from common.limits import Limits
 from common.ratelimit import TokenBucket
 from common.reasons import DisconnectReason, DropReason
 from common.rooms import Room, RoomRegistry
+from common.screening import PendingScreen, Verdict
 
 
 class SessionState(Enum):
@@ -97,6 +101,8 @@ class Outcome:
     delivered: int = 0
     # Other sessions to close, each with its Close.
     closes: list[tuple[Session, Close]] = field(default_factory=list)
+    # A say waiting for screening: run it, then call ChatCore.complete_screen.
+    screen: PendingScreen | None = None
 
 
 class ChatCore:
@@ -104,9 +110,13 @@ class ChatCore:
 
     outcome_type: type[Outcome] = Outcome
 
-    def __init__(self, implementation: str, limits: Limits | None = None) -> None:
+    def __init__(
+        self, implementation: str, limits: Limits | None = None, *, screening: bool = False
+    ) -> None:
+        """``screening``: hand every valid say back for screening first (common/screening.py)."""
         self.implementation = implementation
         self.limits = limits or Limits()
+        self.screening = screening
         self.rooms: RoomRegistry[Session] = RoomRegistry(
             self.limits.history_size, self.limits.max_idle_rooms
         )
@@ -162,6 +172,35 @@ class ChatCore:
             self._error(session, outcome, exc.code, exc.message, exc.ref or ref)
         return outcome
 
+    def complete_screen(
+        self, session: Session, pending: PendingScreen, verdict: Verdict
+    ) -> Outcome:
+        """Finish a say that screening has judged: publish it, or answer the sender.
+
+        Rules in :mod:`common.screening`: ``allow`` publishes; ``reject`` answers
+        ``rejected``, ``failed`` answers ``unavailable`` (not published).
+        """
+        outcome = self.outcome_type()
+        if session.state is SessionState.CLOSED:
+            return outcome
+        say = pending.say
+        if verdict is Verdict.ALLOW:
+            room = session.rooms.get(pending.room)
+            if room is None:
+                self._error(session, outcome, ErrorCode.NOT_JOINED, "left the room", say.id)
+            else:
+                self._publish(session, room, say, time.time(), outcome)
+        elif verdict is Verdict.REJECT:
+            outcome.dropped = DropReason.REJECTED
+            self._error(session, outcome, ErrorCode.REJECTED, "refused by moderation", say.id)
+        else:
+            outcome.dropped = DropReason.UNSCREENED
+            self._error(
+                session, outcome, ErrorCode.UNAVAILABLE,
+                "moderation did not answer; the message was not sent", say.id,
+            )  # fmt: skip
+        return outcome
+
     def receive_binary(self, session: Session) -> Outcome:
         """A binary frame: the protocol is text only, so close with 1003."""
         return self.outcome_type(
@@ -211,6 +250,9 @@ class ChatCore:
         room = session.rooms.get(say.room)
         if room is None:
             raise ProtocolError(ErrorCode.NOT_JOINED, "join the room before saying something")
+        if self.screening:
+            out.screen = PendingScreen(room.name, say)
+            return
         self._publish(session, room, say, time.time(), out)
 
     def _publish(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from common.broker import check_broker_url
 from common.capacity import default_max_connections
 from common.limits import Limits
+from common.screening import SCREEN_IN, Screening
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,9 @@ class ServerConfig:
     # Security
     allowed_origins: tuple[str, ...] = ()
     compression: str | None = None
+
+    # Screening of says (off by default; rules in common/screening.py)
+    screening: Screening = field(default_factory=Screening)
 
     # Scale-out
     broker: str = "memory"
@@ -144,6 +148,38 @@ def build_parser(implementation: str, port: int, metrics_port: int) -> argparse.
         help="permessage-deflate costs CPU and memory per connection",
     )
 
+    screen = parser.add_argument_group(
+        "screening of says (off by default; see common/screening.py)"
+    )
+    screen.add_argument(
+        "--moderation-url",
+        default=None,
+        metavar="URL",
+        help="POST each say's text to this moderation service (a blocking urllib call) "
+        "before accepting it; no answer within --moderation-timeout: the sender gets "
+        "'unavailable' and the message is not sent",
+    )
+    screen.add_argument(
+        "--moderation-timeout",
+        type=float,
+        default=config.screening.moderation_timeout,
+        help="seconds for one moderation call",
+    )
+    screen.add_argument(
+        "--say-cpu-ms",
+        type=float,
+        default=config.screening.say_cpu_ms,
+        help="run a pure-Python content filter over each say for this many ms of CPU (0: off)",
+    )
+    if implementation == "async":
+        screen.add_argument(
+            "--screen-in",
+            choices=SCREEN_IN,
+            default=config.screening.screen_in,
+            help="where screening runs: on the event loop (blocking every connection while it "
+            "runs) or in a worker thread (asyncio.to_thread)",
+        )
+
     scale = parser.add_argument_group("scale-out")
     scale.add_argument(
         "--broker",
@@ -196,6 +232,15 @@ def parse_config(
         )
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        screening = Screening(
+            moderation_url=args.moderation_url,
+            moderation_timeout=args.moderation_timeout,
+            say_cpu_ms=args.say_cpu_ms,
+            screen_in=getattr(args, "screen_in", defaults.screening.screen_in),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     stack = getattr(args, "thread_stack_kib", defaults.thread_stack_kib)
     if stack < 32:
         parser.error("--thread-stack-kib must be at least 32")
@@ -227,6 +272,7 @@ def parse_config(
         shutdown_timeout=args.shutdown_timeout,
         allowed_origins=tuple(args.allowed_origin),
         compression=None if args.compression == "none" else args.compression,
+        screening=screening,
         broker=broker,
         workers=workers,
         loop=getattr(args, "loop", defaults.loop),

@@ -25,7 +25,8 @@ class ErrorCode(StrEnum):
     NOT_JOINED = "not_joined"
     RATE_LIMITED = "rate_limited"
     TOO_LONG = "too_long"
-    UNAVAILABLE = "unavailable"  # the shared broker (Redis) is unreachable
+    UNAVAILABLE = "unavailable"  # the shared broker (Redis) or the moderation service failed
+    REJECTED = "rejected"  # the moderation service refused the message
 
 
 class CloseCode(IntEnum):

@@ -33,6 +33,8 @@ class DropReason(StrEnum):
     RATE_LIMITED = "rate_limited"
     INVALID = "invalid"
     SLOW_CONSUMER = "slow_consumer"
+    REJECTED = "rejected"  # a say the moderation service refused (common/screening.py)
+    UNSCREENED = "unscreened"  # a say the moderation service failed to screen
 
 
 class DisconnectReason(StrEnum):

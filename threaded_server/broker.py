@@ -361,7 +361,8 @@ def plug(
     ``deliver`` and ``lock`` are the server's: the broker calls ``deliver``
     with ``lock`` (the chat lock) held.
     """
+    screening = config.screening.enabled
     if config.broker == "memory":
-        return ChatCore(implementation, config.limits), LocalRooms()
-    core = SharedChatCore(implementation, config.limits)
+        return ChatCore(implementation, config.limits, screening=screening), LocalRooms()
+    core = SharedChatCore(implementation, config.limits, screening=screening)
     return core, RedisBroker(config.broker, core, deliver, lock)

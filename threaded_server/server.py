@@ -32,12 +32,14 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from blocking import screen
 from common import metrics
 from common.capacity import socket_limit
 from common.chat import Outcome, Session
 from common.config import ServerConfig
 from common.http import HttpReply, answer, refused_upgrade, unavailable
 from common.reasons import DisconnectReason, DropReason, RejectReason, disconnect_reason
+from common.screening import PendingScreen
 from threaded_server.broker import plug
 from threaded_server.connection import SEND_FLAGS, Connection, text_frame
 from threaded_server.drainer import Drainer
@@ -220,6 +222,8 @@ class ChatServer:
             else:
                 outcome = self.core.receive_binary(session)
             self.deliver(outcome)
+        if outcome.screen is not None:
+            outcome = self._screen(session, outcome.screen)
         metrics.record(outcome, received_at)
         self.broker.handle(outcome)
         if outcome.close is not None:
@@ -227,6 +231,20 @@ class ChatServer:
             connection.close(outcome.close.code, outcome.close.reason)
             return False
         return True
+
+    def _screen(self, session: Session, pending: PendingScreen) -> Outcome:
+        """Screen a say (common/screening.py) in this connection's thread, then finish it.
+
+        The blocking call runs *outside* ``chat_lock``: while this thread waits
+        for the moderation service (or runs the content filter), every other
+        connection's thread goes on. Inside the lock, one slow call would
+        stall every room, as it stalls the async server's loop.
+        """
+        verdict = screen(pending.say.text, self.config.screening)
+        with self.chat_lock:
+            outcome = self.core.complete_screen(session, pending, verdict)
+            self.deliver(outcome)
+        return outcome
 
     def deliver(self, outcome: Outcome) -> None:
         """Send every payload of ``outcome`` to its targets, without blocking.

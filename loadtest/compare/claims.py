@@ -8,8 +8,10 @@ them in this project's words.
 One row per pro and con of threads and of asyncio. Each row names the
 measurement that tests it and computes its verdict from this run's figures
 with the thresholds below, which the report prints next to each verdict.
-Claims that a load test cannot measure (simplicity, learning curve, library
-support) say so instead of guessing.
+Claims a chat climb does not exercise (blocking libraries, the GIL with
+CPU-bound work, shared state, simplicity) are tested by ``make claims``
+(:mod:`loadtest.claims`), which completes this table; each row says what
+tested it (``tested_by``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,40 @@ THRESHOLDS = {
     "LATENCY_RATIO": LATENCY_RATIO,
     "LATENCY_FLOOR_MS": LATENCY_FLOOR_MS,
     "BUSIEST_THREAD (share)": BUSIEST_THREAD,
+}
+
+
+# Every claim, in the order of the report's table: its key, side and kind. The
+# chat climb tests some; `make claims` (loadtest/claims/) tests the others.
+SIDES = {
+    "threads-simplicity": ("threads", "pro"),
+    "threads-blocking": ("threads", "pro"),
+    "threads-libraries": ("threads", "pro"),
+    "threads-gil": ("threads", "con"),
+    "threads-memory": ("threads", "con"),
+    "threads-many": ("threads", "con"),
+    "threads-shared-state": ("threads", "con"),
+    "asyncio-thousands": ("asyncio", "pro"),
+    "asyncio-scalability": ("asyncio", "pro"),
+    "asyncio-throughput": ("asyncio", "pro"),
+    "asyncio-parallelism": ("asyncio", "pro"),
+    "asyncio-shared-state": ("asyncio", "pro"),
+    "asyncio-learning-curve": ("asyncio", "con"),
+    "asyncio-blocking": ("asyncio", "con"),
+}
+CLAIM_KEYS = tuple(SIDES)
+CHAT_CLIMB = "chat climb (make compare)"
+# The claims `make claims` tests with a scenario built for each (or code facts).
+BY_CLAIMS_RUN = {
+    "threads-simplicity": "code facts (make claims)",
+    "threads-blocking": "blocking scenario (make claims)",
+    "threads-libraries": "nothing here (make claims says why)",
+    "threads-gil": "CPU-bound scenario (make claims)",
+    "threads-shared-state": "shared-state experiment and code facts (make claims)",
+    "asyncio-parallelism": "CPU-bound scenario (make claims)",
+    "asyncio-shared-state": "code facts (make claims)",
+    "asyncio-learning-curve": "nothing here (make claims says why)",
+    "asyncio-blocking": "blocking scenario (make claims)",
 }
 
 
@@ -116,6 +152,12 @@ def evaluate(runs: dict, derived: dict, probes: dict, source_lines: dict) -> lis
             "would show here).",
         ),
     ]  # fmt: skip
+    for row, key in zip(rows, CLAIM_KEYS, strict=True):
+        row["key"] = key
+        row["tested_by"] = CHAT_CLIMB
+        if key in BY_CLAIMS_RUN and row["verdict"] == NOT_MEASURED:
+            row["tested_by"] = BY_CLAIMS_RUN[key]
+            row["measured"] += f" See make claims: {BY_CLAIMS_RUN[key]}."
     return rows
 
 

@@ -60,11 +60,14 @@ def headline_markdown(rows: list[dict]) -> str:
 
 
 def claims_markdown(rows: list[dict]) -> str:
-    """The claims table as Markdown (claim, this run's figures, verdict)."""
-    lines = ["| article says | this run | verdict |", "|---|---|---|"]
+    """The claims table as Markdown (claim, what tested it, this run's figures, verdict)."""
+    lines = ["| article says | tested by | this run | verdict |", "|---|---|---|---|"]
     for c in rows:
         measured = c["measured"].replace("|", "/")
-        lines.append(f"| {c['side']} {c['kind']}: {c['claim']} | {measured} | {c['verdict']} |")
+        lines.append(
+            f"| {c['side']} {c['kind']}: {c['claim']} | {c.get('tested_by', '')} | {measured} "
+            f"| {c['verdict']} |"
+        )
     return "\n".join(lines)
 
 
@@ -265,12 +268,17 @@ def render_html(summary: dict, out: Path) -> str:
         body, classes = [], []
         for c in summary["claims"]:
             body.append([
-                _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c["measurement"]),
-                _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>",
+                _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
+                _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]),
+                f"<b>{_e(c['verdict'])}</b>",
             ])  # fmt: skip
             classes.append(c["verdict"].replace(" ", "").replace("here", ""))
         parts.append(
-            _table(["", "claim", "measurement", "rule", "this run", "verdict"], body, classes)
+            _table(
+                ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"],
+                body,
+                classes,
+            )
         )
     steps_of = dict(summary["servers"])
     if scale:

@@ -20,6 +20,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,13 @@ from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command
 from loadtest.pinning import on_cpus
 from loadtest.scenarios import SCENARIOS
-from loadtest.serverproc import PROJECT_ROOT, free_port, start_server, stop_process
+from loadtest.serverproc import (
+    PROJECT_ROOT,
+    ServerProcess,
+    free_port,
+    start_server,
+    stop_process,
+)
 from loadtest.stepplan import StepPlan
 
 STARTUP_GRACE = 30.0  # seconds for Locust to start before the run is abandoned
@@ -114,6 +121,7 @@ def run_server(
     tag: str = "",
     server_args: list[str] | None = None,
     workers: int = 1,
+    on_start: Callable[[ServerProcess], None] | None = None,
 ) -> dict:
     """Run ``kind`` through the step plan; return its step rows, limit and raw-file names.
 
@@ -121,7 +129,8 @@ def run_server(
     pinned and ``budget=False`` without the CPU budget (the unpinned probe).
     ``server_args`` are added to the options' server arguments; with
     ``workers`` > 1 the server runs that many processes (``--workers``) and
-    their metrics (ports ``metrics_port + i``) are summed.
+    their metrics (ports ``metrics_port + i``) are summed. ``on_start(server)``
+    is called once the server serves, before Locust starts (a probe of its own).
     """
     profile = options.profile
     plan = StepPlan(
@@ -150,6 +159,8 @@ def run_server(
         if cpu_budget:
             cpu_budget.remove()
         raise
+    if on_start is not None:
+        on_start(server)
     metrics_urls = [
         f"http://{server.host}:{server.metrics_port + i}/metrics" for i in range(workers)
     ]

@@ -1,0 +1,259 @@
+"""Write reports/claims/<timestamp>/: summary.json, claims.md, report.html and the plots.
+
+The claims table has every claim of the article, in the comparison's order:
+the rows the claims scenarios and code facts decide (:mod:`loadtest.claims.verdicts`),
+completed by the chat climb's rows from a ``make compare`` report when one is
+given (each row says what tested it, and from which report).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from loadtest.claims import blocking, codefacts, cpubound, plots, sharedstate, verdicts
+from loadtest.compare import claims as compare_claims
+
+
+def table(
+    blocking_result: dict | None,
+    cpu_result: dict | None,
+    shared: dict | None,
+    code: dict,
+    compare: dict | None,
+    compare_dir: str | None,
+) -> list[dict]:
+    """Every claim: decided here where a scenario or code fact tests it (unless that part
+    was not run), else by ``compare``."""
+    ours = {
+        r["key"]: r
+        for r in (
+            verdicts.simplicity(code),
+            verdicts.blocking_compatibility(blocking_result),
+            verdicts.gil(cpu_result),
+            verdicts.shared_state_complexity(shared, code),
+            verdicts.true_parallelism(cpu_result),
+            verdicts.simpler_shared_state(code),
+            verdicts.blocking_incompatibility(blocking_result),
+            *verdicts.unmeasurable(),
+        )
+    }
+    theirs = {}
+    for index, row in enumerate((compare or {}).get("claims") or []):
+        key = row.get("key") or compare_claims.CLAIM_KEYS[index]
+        theirs[key] = {
+            **row, "key": key,
+            "tested_by": f"{compare_claims.CHAT_CLIMB}, report {compare_dir} "
+                         f"({(compare or {}).get('date', '?')})",
+        }  # fmt: skip
+    rows = []
+    for key in compare_claims.CLAIM_KEYS:
+        if key in ours and (not ours[key]["measured"].startswith("not run") or key not in theirs):
+            rows.append(ours[key])
+        elif key in theirs:
+            rows.append(theirs[key])
+        else:
+            side, kind = compare_claims.SIDES[key]
+            rows.append({
+                "key": key, "side": side, "kind": kind, "claim": key, "tested_by": "make compare",
+                "measurement": "—", "rule": "—", "verdict": verdicts.NOT_MEASURED,
+                "measured": "no make compare report given (--compare DIR)",
+            })  # fmt: skip
+    return rows
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    lines = ["| article says | tested by | this run | verdict |", "|---|---|---|---|"]
+    for c in rows:
+        measured = c["measured"].replace("|", "/")
+        lines.append(
+            f"| {c['side']} {c['kind']}: {c['claim']} | {c['tested_by']} | {measured} "
+            f"| {c['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def write(out: Path, summary: dict) -> dict:
+    """Draw the plots, write summary.json, claims.md and report.html; return the summary."""
+    titles = {}
+    if summary.get("blocking"):
+        plots.blocking(summary["blocking"], out / "blocking.png")
+        titles["blocking.png"] = plots.PLOTS["blocking.png"]
+    if summary.get("cpubound"):
+        plots.cpubound(summary["cpubound"], out / "cpubound.png")
+        titles["cpubound.png"] = plots.PLOTS["cpubound.png"]
+    summary["plots"] = titles
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "claims.md").write_text(claims_markdown(summary["claims"]) + "\n")
+    (out / "report.html").write_text(render_html(summary, out))
+    return summary
+
+
+# -- HTML -------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} .supported{background:#e3f6e3} .notsupported{background:#fde4e4}
+.notmeasured,.undecided{color:#666} img{max-width:100%;border:1px solid #eee}
+code{background:#f5f5f5;padding:1px 3px} pre{white-space:pre-wrap;font-size:12px;color:#444}
+.small{font-size:12px;color:#555}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _n(value, fmt="{:,.0f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _table(head: list[str], body: list[list[str]], classes: list[str] | None = None) -> str:
+    rows = "".join(
+        f"<tr class='{classes[i] if classes else ''}'>" + "".join(f"<td>{c}</td>" for c in cells)
+        + "</tr>"
+        for i, cells in enumerate(body)
+    )  # fmt: skip
+    return "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + f"</tr>{rows}</table>"
+
+
+def _img(out: Path, name: str, title: str) -> str:
+    data = base64.b64encode((out / name).read_bytes()).decode()
+    return f"<h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
+
+
+def render_html(summary: dict, out: Path) -> str:
+    m = summary["machine"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>twinchat: the article's claims, {_e(summary['date'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>twinchat: the article's claims, each tested by a scenario built for it</h1>",
+        f"<p>Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs ({_e(m['cpu_model'])}), "
+        f"{m['memory_bytes'] / 2**30:.0f} GiB, commit {_e((m.get('git_commit') or 'n/a')[:12])}. "
+        f"The article: <i>{_e(compare_claims.ARTICLE['title'])}</i> "
+        f"({_e(compare_claims.ARTICLE['date'])}), each claim in this project's words.</p>",
+        "<h2>Claims</h2>",
+        "<p class='small'>Thresholds: "
+        + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
+        + ".</p>",
+    ]
+    body, classes = [], []
+    for c in summary["claims"]:
+        body.append([
+            _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c["tested_by"]),
+            _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>",
+        ])  # fmt: skip
+        classes.append(c["verdict"].replace(" ", "").replace("here", ""))
+    parts.append(
+        _table(
+            ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"], body, classes
+        )
+    )
+    if summary.get("blocking"):
+        parts.append("<h2>Blocking library calls</h2>")
+        parts.append(f"<pre>{_e(blocking.__doc__)}</pre>")
+        parts.append(
+            "<p>Where the call sits is the lesson. The threaded server makes it in the "
+            "sender's own thread <b>outside</b> <code>chat_lock</code> "
+            "(<code>ChatServer._screen</code> in threaded_server/server.py): while that "
+            "thread waits, the other threads deliver. Inside the lock it would stall every "
+            "room, as the call on the loop stalls the async server. The async server calls "
+            "the same blocking function on its loop as written, or moves it to a worker "
+            "thread with <code>asyncio.to_thread</code> (the loop's default executor: "
+            "min(32, CPUs + 4) threads).</p>"
+        )
+        parts.append(_img(out, "blocking.png", plots.PLOTS["blocking.png"]))
+        parts.append(_blocking_table(summary["blocking"]))
+    if summary.get("cpubound"):
+        parts.append("<h2>CPU-bound work and the GIL</h2>")
+        parts.append(f"<pre>{_e(cpubound.__doc__)}</pre>")
+        parts.append(_img(out, "cpubound.png", plots.PLOTS["cpubound.png"]))
+        parts.append(_cpu_table(summary["cpubound"]))
+    if summary.get("shared"):
+        parts.append("<h2>Shared state: the threaded server without chat_lock</h2>")
+        parts.append(f"<pre>{_e(sharedstate.__doc__)}</pre>")
+        parts.append(_shared_table(summary["shared"]))
+    parts.append("<h2>Code facts (counted from the source, not measured)</h2>")
+    parts.append(f"<pre>{_e(codefacts.__doc__)}</pre>")
+    parts.append(_code_table(summary["code"]))
+    parts.append("<h2>Machine</h2>")
+    parts.append(
+        _table(
+            ["", ""],
+            [[_e(k), _e(v if not isinstance(v, dict) else json.dumps(v))] for k, v in m.items()],
+        )
+    )
+    files = sorted(f.name for f in out.iterdir() if f.is_file())
+    parts.append("<p class='small'>Files: " + ", ".join(f"<code>{_e(f)}</code>" for f in files))
+    parts.append(
+        f"</p><p class='small'>Command: <code>{_e(' '.join(summary['command']))}</code></p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _blocking_table(result: dict) -> str:
+    body = [
+        [_e(p["variant"]), _e(f"{p['delay_ms']:g}"), _e(_n(p["calls"])),
+         _e(_n(p["fanout_p50_ms"])), _e(_n(p["fanout_p99_ms"])), _e(_n(p["extra_p99_ms"])),
+         _e(_n(p.get("probe_p99_ms"), "{:,.1f}")
+            + ("" if p.get("probe_window") in (None, "judged window") else " (whole step)")),
+         _e(_n(p["loop_lag_p99_ms"], "{:,.1f}")), _e(_n(p["deliveries_per_s"])),
+         _e(_n(p["server_cpu_cores"], "{:.2f}")), _e(_n(p["threads"])),
+         _e(_n(100 * (p["failure_ratio"] or 0), "{:.2f}")),
+         _e(p["outcome"] + (f": {p['reason']}" if p["reason"] else ""))]
+        for p in result["points"]
+    ]  # fmt: skip
+    return _table(
+        ["variant", "N ms", "moderation calls", "fan-out p50 ms", "fan-out p99 ms",
+         "p99 - N ms", "bystander ping p99 ms", "loop lag p99 ms", "deliveries/s",
+         "server CPU (cores)", "threads", "failures %", "step"], body,
+    )  # fmt: skip
+
+
+def _cpu_table(result: dict) -> str:
+    body = [
+        [_e(p["server"]), _e(p["users"]), _e(_n(p["says_per_s_offered"])),
+         _e(_n(p["demand_cores"], "{:.2f}")), _e(_n(p["says_per_s"])),
+         _e(_n(p["deliveries_per_s"])), _e(_n(p["cpu_cores_exact"], "{:.2f}")),
+         _e(_n(p["cpu_cores_peak"], "{:.2f}")), _e(_n(p["busiest_thread_share"], "{:.0%}")),
+         _e(_n(p["threads"])), _e(_n(p["machine_cpu_mean"])), _e(_n(p["locust_cpu_mean"])),
+         _e(_n(p["fanout_p99_ms"])), _e(p["outcome"] + (f": {p['reason']}" if p["reason"] else ""))]
+        for p in result["points"]
+    ]  # fmt: skip
+    return _table(
+        ["server", "users", "says/s offered", "work offered (cores)", "says/s received",
+         "deliveries/s", "server CPU (threads, exact)", "server CPU peak 3 s",
+         "busiest thread", "threads", "machine CPU %", "Locust CPU %", "fan-out p99 ms",
+         "step"], body,
+    )  # fmt: skip
+
+
+def _shared_table(shared: dict) -> str:
+    keys = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",
+            "members_lost")  # fmt: skip
+    body = [
+        [_e("yes" if r["locked"] else "no-op"), _e(f"{r['switch_interval'] * 1000:g}"),
+         _e(r["says_sent"]), *(_e(r.get(k, "failed")) for k in keys)]
+        for r in shared["runs"]
+    ]  # fmt: skip
+    return _table(["chat_lock", "switch interval ms", "says sent", *keys], body)
+
+
+def _code_table(code: dict) -> str:
+    body = [
+        [_e(kind), _e(c["lines"]), _e(", ".join(f"{f} {n}" for f, n in c["files"].items())),
+         _e(c["primitive_uses"]), _e(", ".join(f"{k} {v}" for k, v in c["primitives"].items())),
+         _e("; ".join(c["locks"]) or "none"), _e(c["lock_sections"]),
+         _e("; ".join(c["lock_order_rules"]) or "none")]
+        for kind, c in code.items()
+    ]  # fmt: skip
+    return _table(
+        ["server", "non-blank lines", "per file", "primitive calls", "by name", "locks",
+         "critical sections", "lock-order rules"], body,
+    )  # fmt: skip
