@@ -123,3 +123,6 @@ def test_make_claims_smoke(tmp_path):
     assert variants == {"threaded", "async", "async+thread"}
     assert all(p["calls"] > 0 and p["probe_pings"] > 0 for p in summary["blocking"]["points"])
     assert {p["server"] for p in summary["cpubound"]["points"]} == {"threaded", "async"}
+    page = (tmp_path / "report.html").read_text()
+    assert ":data:`" not in page and "``" not in page, "docstring markup leaked into the report"
+    assert "A smoke run" in page  # its smaller loads are not passed off as the described ones

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 from loadtest.claims import blocking, codefacts, cpubound, plots, sharedstate, verdicts
@@ -126,6 +127,38 @@ def _img(out: Path, name: str, title: str) -> str:
     return f"<h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
 
 
+_ROLE = re.compile(r":(?:data|class|mod|func|meth|attr):`~?([\w.]+)`")
+
+
+def method_html(module) -> str:
+    """A scenario module's docstring (its method) as HTML for a reader of the report:
+    ``:data:`NAME``` becomes the module's value of NAME, other references their last
+    name, ````literals```` code; paragraphs and ``- `` lists kept."""
+
+    def reference(match: re.Match) -> str:
+        name = match.group(1)
+        value = getattr(module, name, None) if "." not in name else None
+        if isinstance(value, (tuple, list)):
+            return ", ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+        return name.rsplit(".", 1)[-1]
+
+    html = []
+    for block in (module.__doc__ or "").strip().split("\n\n"):
+        items = re.split(r"\n\s*- ", "\n" + block) if block.lstrip().startswith("- ") else None
+        texts = [t for t in items if t.strip()] if items else [block]
+        rendered = []
+        for text in texts:
+            text = _e(" ".join(_ROLE.sub(reference, text).split()))
+            rendered.append(re.sub(r"``(.+?)``", r"<code>\1</code>", text))
+        if items:
+            html.append("<ul>" + "".join(f"<li>{t}</li>" for t in rendered) + "</ul>")
+        else:
+            html.append(f"<p>{rendered[0]}</p>")
+    return "\n".join(html)
+
+
 def render_html(summary: dict, out: Path) -> str:
     m = summary["machine"]
     parts = [
@@ -137,6 +170,15 @@ def render_html(summary: dict, out: Path) -> str:
         f"{m['memory_bytes'] / 2**30:.0f} GiB, commit {_e((m.get('git_commit') or 'n/a')[:12])}. "
         f"The article: <i>{_e(compare_claims.ARTICLE['title'])}</i> "
         f"({_e(compare_claims.ARTICLE['date'])}), each claim in this project's words.</p>",
+        *(
+            [
+                "<p><b>A smoke run</b> (<code>--profile smoke</code>): smaller loads and shorter "
+                "steps than each section describes; its tables show what ran. Its verdicts "
+                "are not the project's.</p>"
+            ]
+            if summary.get("profile") == "smoke"
+            else []
+        ),
         "<h2>Claims</h2>",
         "<p class='small'>Thresholds: "
         + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
@@ -156,7 +198,7 @@ def render_html(summary: dict, out: Path) -> str:
     )
     if summary.get("blocking"):
         parts.append("<h2>Blocking library calls</h2>")
-        parts.append(f"<pre>{_e(blocking.__doc__)}</pre>")
+        parts.append(method_html(blocking))
         parts.append(
             "<p>Where the call sits is the lesson. The threaded server makes it in the "
             "sender's own thread <b>outside</b> <code>chat_lock</code> "
@@ -171,15 +213,15 @@ def render_html(summary: dict, out: Path) -> str:
         parts.append(_blocking_table(summary["blocking"]))
     if summary.get("cpubound"):
         parts.append("<h2>CPU-bound work and the GIL</h2>")
-        parts.append(f"<pre>{_e(cpubound.__doc__)}</pre>")
+        parts.append(method_html(cpubound))
         parts.append(_img(out, "cpubound.png", plots.PLOTS["cpubound.png"]))
         parts.append(_cpu_table(summary["cpubound"]))
     if summary.get("shared"):
         parts.append("<h2>Shared state: the threaded server without chat_lock</h2>")
-        parts.append(f"<pre>{_e(sharedstate.__doc__)}</pre>")
+        parts.append(method_html(sharedstate))
         parts.append(_shared_table(summary["shared"]))
     parts.append("<h2>Code facts (counted from the source, not measured)</h2>")
-    parts.append(f"<pre>{_e(codefacts.__doc__)}</pre>")
+    parts.append(method_html(codefacts))
     parts.append(_code_table(summary["code"]))
     parts.append("<h2>Machine</h2>")
     parts.append(
