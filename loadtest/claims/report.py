@@ -150,13 +150,17 @@ def method_html(module) -> str:
         texts = [t for t in items if t.strip()] if items else [block]
         rendered = []
         for text in texts:
-            text = _e(" ".join(_ROLE.sub(reference, text).split()))
-            rendered.append(re.sub(r"``(.+?)``", r"<code>\1</code>", text))
+            rendered.append(_literals(" ".join(_ROLE.sub(reference, text).split())))
         if items:
             html.append("<ul>" + "".join(f"<li>{t}</li>" for t in rendered) + "</ul>")
         else:
             html.append(f"<p>{rendered[0]}</p>")
     return "\n".join(html)
+
+
+def _literals(text: str) -> str:
+    """``text`` escaped, its ````literals```` as code."""
+    return re.sub(r"``(.+?)``", r"<code>\1</code>", _e(text))
 
 
 def render_html(summary: dict, out: Path) -> str:
@@ -292,7 +296,7 @@ def _code_table(code: dict) -> str:
         [_e(kind), _e(c["lines"]), _e(", ".join(f"{f} {n}" for f, n in c["files"].items())),
          _e(c["primitive_uses"]), _e(", ".join(f"{k} {v}" for k, v in c["primitives"].items())),
          _e("; ".join(c["locks"]) or "none"), _e(c["lock_sections"]),
-         _e("; ".join(c["lock_order_rules"]) or "none")]
+         _literals("; ".join(c["lock_order_rules"]) or "none")]
         for kind, c in code.items()
     ]  # fmt: skip
     return _table(
