@@ -69,6 +69,14 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--text-size", type=int, default=40, help="Characters per chat message. Default 40."
     )
+    group.add_argument(
+        "--source-address",
+        default="",
+        help="Local address the users' sockets leave from; load-generator process k (with "
+        "--processes or workers) uses this address + k (127.0.0.2, 127.0.0.3, ...), so each "
+        "process has its own ~28,000 ephemeral ports per server address. Default: none "
+        "(the kernel chooses).",
+    )
     # Timeouts
     group.add_argument(
         "--ws-timeout",
