@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from loadtest import cpubudget, prom
-from loadtest.compare import diagnosis, knee, steps
+from loadtest.compare import diagnosis, knee, sampler, steps
 from loadtest.compare.plots import PLOTS
-from loadtest.compare.profiles import StepRules, connection_ceiling, profile
+from loadtest.compare.profiles import StepRules, connection_ceiling, processes_for, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 KINDS = ("threaded", "async")
@@ -157,6 +157,8 @@ def _row(**changes) -> dict:
         ({"failure_ratio": 0.02}, "limit", "failures"),
         ({"latency_over_slo_share": 0.011}, "limit", "p99 over SLO"),
         ({"latency_over_slo_share": 0.009}, "ok", ""),
+        ({"rss_bytes": 8.1 * 2**30, "memory_total_bytes": 10 * 2**30}, "limit", "memory"),
+        ({"rss_bytes": 7.9 * 2**30, "memory_total_bytes": 10 * 2**30}, "ok", ""),
     ],
 )
 def test_judge_applies_the_rules_in_order(changes, outcome, reason):
@@ -168,6 +170,32 @@ def test_judge_applies_the_rules_in_order(changes, outcome, reason):
     assert got.why.startswith(reason)
     if got.outcome == steps.Outcome.LIMIT:
         assert got.why.startswith(got.criterion)  # the words name the criterion
+
+
+def test_c100k_profile_spreads_over_enough_processes_for_its_connections():
+    """The c100k climb reaches 100,000 users over as many processes as the fd limit needs
+    (each under it); a lower --step-max cuts the climb and needs fewer processes."""
+    full = profile("c100k")
+    assert full.levels()[0] == 10_000 and full.levels()[-1] == 100_000
+    assert full.processes * connection_ceiling() >= 100_000
+    assert (full.processes - 1) * connection_ceiling() < 100_000
+    small = full.with_steps(maximum=20_000)
+    assert small.levels() == [10_000, 20_000]
+    assert small.processes == processes_for(20_000) < full.processes
+    assert profile("quick").processes == 1
+
+
+def test_sockstat_reads_the_kernels_tcp_figures(tmp_path):
+    """/proc/net/sockstat's TCP line: sockets in use, TIME_WAIT, and buffer memory in bytes."""
+    path = tmp_path / "sockstat"
+    path.write_text(
+        "sockets: used 3615\nTCP: inuse 3604 orphan 0 tw 20 alloc 3604 mem 113\n"
+        "UDP: inuse 0 mem 0\n"
+    )
+    got = sampler.sockstat(path)
+    assert got == {
+        "inuse": 3604, "orphan": 0, "tw": 20, "alloc": 3604, "mem_bytes": 113 * sampler.PAGE
+    }  # fmt: skip
 
 
 def test_two_invalid_steps_end_the_run_as_not_reached():
