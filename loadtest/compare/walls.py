@@ -43,11 +43,13 @@ def evidence(log_path: Path | None, cap: TaskCap | None) -> dict:
 def describe(run: dict, machine: dict) -> str | None:
     """One sentence: the wall this run met, from its refusals, warnings and limits."""
     limit = run.get("limit") or {}
-    wall = run.get("wall") or {}
     if not limit.get("reached"):
         return None
     rows = [r for r in run["steps"] if r["index"] == limit.get("step")]
     row = rows[0] if rows else {}
+    # The run the limit step belongs to: the climb, or one of the narrowing runs.
+    source = next((n for n in run.get("narrowing") or [] if n.get("name") == row.get("run")), run)
+    wall = source.get("wall") or {}
     rejected = row.get("rejected") or {}
     parts = [f"{run['name']}: {limit['criterion']} at {limit['users']:,} users"]
     if rejected:
@@ -59,6 +61,18 @@ def describe(run: dict, machine: dict) -> str | None:
             f"its {run.get('workers', 1)} processes held {row['threads']:,.0f} threads and "
             f"{(row.get('connections') or 0):,.0f} connections"
         )
+    cpus = machine.get("cpus") or 1
+    if row.get("cpu_cores_exact") is not None and row.get("wait_to_run_per_s") is not None:
+        parts.append(
+            f"over its last seconds its threads used {min(row['cpu_cores_exact'], cpus):.1f} of "
+            f"the machine's {cpus} CPUs and spent {row['wait_to_run_per_s']:,.0f} s "
+            "per second waiting to run (that many threads runnable at once, on average)"
+        )
+    failures = source.get("locust_failures") or []
+    if failures:
+        top = failures[0]
+        parts.append(f"Locust's commonest failure: {top['name']} {top['error']} "
+                     f"({top['occurrences']:,})")  # fmt: skip
     if wall.get("last_warning"):
         parts.append(f"the server logged: \u201c{_message(wall['last_warning'])}\u201d")
     if wall.get("task_cap"):
