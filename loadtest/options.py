@@ -145,6 +145,15 @@ def add_arguments(parser) -> None:
         help="Address the exporter listens on. Default 127.0.0.1.",
     )
     group.add_argument(
+        "--heartbeat-liveness",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help="Seconds without a heartbeat after which the master counts a worker as missing "
+        "and moves its users to the others. Default 0: Locust's own (3 s). Many workers on "
+        "few CPUs, each busy connecting thousands of users, can miss 3 s without being gone.",
+    )
+    group.add_argument(
         "--cpu-threshold",
         type=float,
         default=90.0,

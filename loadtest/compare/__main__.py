@@ -124,7 +124,7 @@ def run(args, argv, prof: Profile, out: Path, stack: ExitStack) -> int:
         )
         redis = spread_redis(stack)
         server_args += ["--broker", redis.url]
-        locust_args += ["--source-address", SOURCE_BASE]
+        locust_args += ["--source-address", SOURCE_BASE, "--heartbeat-liveness", "30"]
     else:
         redis = None
         pinning = runner.Pinning.choose(not args.no_pin)
