@@ -135,7 +135,7 @@ def profile(name: str) -> Profile:
     if name == "c100k":  # idle connections up to 100,000: where each model's wall stands
         return Profile(
             "c100k", start=C100K_CLIMB[0], growth=1.5, maximum=C100K_CLIMB[-1], step_time=30,
-            window=20, spawn_rate=400, precision=0.11, climb=C100K_CLIMB, spread=True,
+            window=20, spawn_rate=250, precision=0.11, climb=C100K_CLIMB, spread=True,
         )  # fmt: skip
     raise ValueError(f"unknown profile {name!r}: smoke, quick, full or c100k")
 
