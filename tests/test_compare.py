@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from loadtest import cpubudget, prom
-from loadtest.compare import diagnosis, knee, sampler, steps
+from loadtest.compare import diagnosis, knee, sampler, steps, walls
 from loadtest.compare.plots import PLOTS
 from loadtest.compare.profiles import StepRules, connection_ceiling, processes_for, profile
 from loadtest.serverproc import PROJECT_ROOT
@@ -367,3 +367,29 @@ def test_the_runner_imports_no_locust():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_wall_is_named_from_its_own_evidence():
+    """The report's sentence for a wall quotes the refusals by reason, the threads held, the
+    server's own warning and the kernel's refused thread starts, from the run that hit it."""
+    row = {"index": 3, "run": "threaded-narrow-31000", "rejected": {"threads": 412.0},
+           "threads": 30610.0, "connections": 30570.0}  # fmt: skip
+    warning = (
+        "2026-12-03 07:00:00,000 WARNING twinchat.threaded: cannot start a thread (can't start "
+        "new thread) with 5102 threads and 5095 connections; refusing new connections with 503"
+    )
+    run = {
+        "name": "threaded", "workers": 6, "steps": [row],
+        "limit": {"reached": True, "users": 31000, "criterion": "refused (412 rejected)",
+                  "step": 3},
+        "wall": {"last_warning": None, "task_cap": None},
+        "narrowing": [{"name": "threaded-narrow-31000", "locust_failures": [],
+                       "wall": {"last_warning": warning, "task_cap": 30675,
+                                "task_cap_refusals": 412}}],
+    }  # fmt: skip
+    text = walls.describe(run, {"pid_max": 32768, "threads_max": 192726, "cpus": 2})
+    assert "refused (412 rejected) at 31,000 users" in text
+    assert "threads 412" in text and "30,610 threads" in text
+    assert "cannot start a thread (can't start new thread) with 5102 threads" in text
+    assert "refused 412 thread starts at the task cap of 30,675" in text
+    assert walls.describe({**run, "limit": {"reached": False}}, {}) is None
