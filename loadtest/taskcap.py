@@ -52,6 +52,7 @@ class TaskCap:
         if limit < 1:
             raise ValueError(f"a task cap must be at least 1, not {limit}")
         version, parent = _hierarchy()
+        _sweep(parent, name)
         path = parent / f"{name}-{os.getpid()}"
         try:
             if version == 2:
@@ -99,6 +100,16 @@ class TaskCap:
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.05)
+
+
+def _sweep(parent: Path, name: str) -> None:
+    """Remove groups named ``name-PID`` whose creator PID is gone and that are empty (a
+    group is left behind when its processes outlive :meth:`TaskCap.remove`'s wait)."""
+    for path in parent.glob(f"{name}-*"):
+        creator = path.name.rsplit("-", 1)[-1]
+        if creator.isdigit() and not Path(f"/proc/{creator}").exists():
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def tasks_in_use() -> int | None:

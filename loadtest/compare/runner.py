@@ -339,8 +339,10 @@ class StepDriver:
         try:
             stop_reason = self._loop(locust, take)
         finally:
+            locust_tree, server_tree = _process_tree(locust.pid), _process_tree(self.server.pid)
             locust_exit = _stop(locust)
             server_exit = self.server.stop()
+            _kill_leftovers(locust_tree + server_tree)
             locust_log.close()
             sample_file.close()
 
@@ -470,6 +472,16 @@ def _process_tree(pid: int) -> list[int]:
     with contextlib.suppress(psutil.Error):
         return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
     return [pid]
+
+
+def _kill_leftovers(pids: list[int]) -> None:
+    """SIGKILL what is left of stopped process trees: workers that outlived their
+    supervisor or master would hold ports, CPU and connections into the next run."""
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
 
 
 def _locust_failures(path: Path) -> list[dict]:
