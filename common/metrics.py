@@ -45,8 +45,8 @@ CONNECTIONS_OPENED = Counter(
 )
 CONNECTIONS_REJECTED = Counter(
     "chat_connections_rejected_total",
-    "Connections refused: capacity (--max-connections), overload (fd or thread "
-    "limit), handshake (bad or timed-out handshake).",
+    "Connections refused: capacity (--max-connections), overload (fd limit), threads "
+    "(no thread could be started), handshake (bad or timed-out handshake).",
     ["reason"],
 )
 DISCONNECTS = Counter("chat_disconnects_total", "Connections ended, by reason.", ["reason"])
@@ -93,7 +93,7 @@ for _operation in BrokerOperation:
     BROKER_ERRORS.labels(_operation.value)
 
 
-def _os_threads() -> int:
+def os_threads() -> int:
     """Threads of this process as the kernel counts them (Linux), else 0."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -104,7 +104,7 @@ def _os_threads() -> int:
     return 0
 
 
-THREADS.set_function(_os_threads)
+THREADS.set_function(os_threads)
 
 
 def start(

@@ -23,7 +23,8 @@ class RejectReason(StrEnum):
     """Why a connection was refused (``chat_connections_rejected_total{reason}``)."""
 
     CAPACITY = "capacity"  # --max-connections sessions are open
-    OVERLOAD = "overload"  # sockets near the fd limit, or no thread could be started
+    OVERLOAD = "overload"  # sockets near the fd limit
+    THREADS = "threads"  # no thread could be started (threaded server at its thread wall)
     HANDSHAKE = "handshake"  # the WebSocket layer refused the upgrade request
 
 

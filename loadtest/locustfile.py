@@ -17,8 +17,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from locust import events  # noqa: E402
-from locust.runners import WorkerRunner  # noqa: E402
+from locust import events, runners  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
 from loadtest import exporter, options  # noqa: E402
 from loadtest import shape as step_shape  # noqa: E402  (module import: see shape.py)
@@ -44,6 +44,9 @@ def _on_init(environment, runner, **_kwargs) -> None:
     if opts is None:  # library use without a command line
         return
     worker = isinstance(runner, WorkerRunner)
+    if isinstance(runner, MasterRunner) and opts.heartbeat_liveness > 0:
+        # Locust has no option for it: the master reads this module constant at each check.
+        runners.HEARTBEAT_LIVENESS = opts.heartbeat_liveness
     # Workers keep every class: the master tells them which ones to spawn.
     if not worker and not opts.user_classes:
         environment.user_classes[:] = [USER_CLASSES[opts.scenario]]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from loadtest.taskcap import tasks_in_use
+
 PACKAGES = (
     "websockets", "uvloop", "prometheus-client", "orjson", "locust", "gevent",
     "psutil", "matplotlib",
@@ -87,6 +89,11 @@ def describe(pinning: dict | None, root: Path) -> dict:
         "fd_limit": {"soft": soft, "hard": hard},
         "pid_max": _int(_read("/proc/sys/kernel/pid_max")),
         "threads_max": _int(_read("/proc/sys/kernel/threads-max")),
+        "max_map_count": _int(_read("/proc/sys/vm/max_map_count")),
+        "ephemeral_ports": _read("/proc/sys/net/ipv4/ip_local_port_range"),
+        "somaxconn": _int(_read("/proc/sys/net/core/somaxconn")),
+        "tcp_tw_reuse": _int(_read("/proc/sys/net/ipv4/tcp_tw_reuse")),
+        "tasks_at_start": tasks_in_use(),
         "load_average_at_start": list(load) if load else None,
         "git_commit": git_commit(root),
         "uncommitted_files": uncommitted(root),

@@ -69,6 +69,14 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--text-size", type=int, default=40, help="Characters per chat message. Default 40."
     )
+    group.add_argument(
+        "--source-address",
+        default="",
+        help="Local address the users' sockets leave from; load-generator process k (with "
+        "--processes or workers) uses this address + k (127.0.0.2, 127.0.0.3, ...), so each "
+        "process has its own ~28,000 ephemeral ports per server address. Default: none "
+        "(the kernel chooses).",
+    )
     # Timeouts
     group.add_argument(
         "--ws-timeout",
@@ -135,6 +143,15 @@ def add_arguments(parser) -> None:
         default="127.0.0.1",
         include_in_web_ui=False,
         help="Address the exporter listens on. Default 127.0.0.1.",
+    )
+    group.add_argument(
+        "--heartbeat-liveness",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help="Seconds without a heartbeat after which the master counts a worker as missing "
+        "and moves its users to the others. Default 0: Locust's own (3 s). Many workers on "
+        "few CPUs, each busy connecting thousands of users, can miss 3 s without being gone.",
     )
     group.add_argument(
         "--cpu-threshold",

@@ -25,7 +25,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("chat", "fanout", "rooms of --room-size; each user says something every "
                  "--say-every s"),
         Scenario("idle", "ping", "connect, hello, join, then a heartbeat ping every "
-                 "--ping-every s"),
+                 "--ping-every to 1.5x --ping-every s"),
         Scenario("broadcast", "fanout", "--rooms big rooms; --speakers users per room and "
                  "process speak, the others listen"),
         Scenario("churn", "fanout", "short sessions: connect, join, say a few times, close, "

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 from locust import User, task
 
+from loadtest.client import transport
 from loadtest.client.chat import REQUEST_TYPE, ChatClient, SeqTracker
 from loadtest.client.errors import (
     ChatLoadError,
@@ -72,6 +73,8 @@ class Settings:
     churn_wait: float = 1.0
     # Messages
     text_size: int = 40
+    # Sockets
+    source_address: str = ""  # base address; process k binds base + k
     # Timeouts (seconds)
     ws_timeout: float = 10.0
     close_timeout: float = 2.0
@@ -130,6 +133,8 @@ class ChatProtocolUser(User):
         self.settings = Settings.from_options(environment.parsed_options)
         self.number = next(_user_numbers)
         self.worker = worker_index(environment)
+        if self.settings.source_address:
+            transport.bind_source(transport.source_for(self.settings.source_address, self.worker))
         # Names are unique per load-generator process and worker (max 32 chars).
         self.chat_name = f"{self.settings.room_prefix}{self.worker}-{self.number}"[:32]
         self.room = self.choose_room()
@@ -160,10 +165,11 @@ class ChatProtocolUser(User):
 
 
 class IdleUser(ChatProtocolUser):
-    """Connect, hello, join, then only a heartbeat ping every ``--ping-every`` seconds."""
+    """Connect, hello, join, then only a heartbeat ping every ``--ping-every`` to 1.5 times
+    that many seconds (20-30 s by default: spread, so that users started together drift apart)."""
 
     def wait_time(self) -> float:
-        return self.settings.ping_every
+        return random.uniform(self.settings.ping_every, 1.5 * self.settings.ping_every)
 
     @task
     def heartbeat(self) -> None:

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from loadtest import cpubudget, prom
-from loadtest.compare import diagnosis, knee, steps
+from loadtest.compare import diagnosis, knee, sampler, steps, walls
 from loadtest.compare.plots import PLOTS
-from loadtest.compare.profiles import StepRules, connection_ceiling, profile
+from loadtest.compare.profiles import StepRules, connection_ceiling, processes_for, profile
 from loadtest.serverproc import PROJECT_ROOT
 
 KINDS = ("threaded", "async")
@@ -157,6 +157,8 @@ def _row(**changes) -> dict:
         ({"failure_ratio": 0.02}, "limit", "failures"),
         ({"latency_over_slo_share": 0.011}, "limit", "p99 over SLO"),
         ({"latency_over_slo_share": 0.009}, "ok", ""),
+        ({"rss_bytes": 8.1 * 2**30, "memory_total_bytes": 10 * 2**30}, "limit", "memory"),
+        ({"rss_bytes": 7.9 * 2**30, "memory_total_bytes": 10 * 2**30}, "ok", ""),
     ],
 )
 def test_judge_applies_the_rules_in_order(changes, outcome, reason):
@@ -168,6 +170,32 @@ def test_judge_applies_the_rules_in_order(changes, outcome, reason):
     assert got.why.startswith(reason)
     if got.outcome == steps.Outcome.LIMIT:
         assert got.why.startswith(got.criterion)  # the words name the criterion
+
+
+def test_c100k_profile_spreads_over_enough_processes_for_its_connections():
+    """The c100k climb reaches 100,000 users over as many processes as the fd limit needs
+    (each under it); a lower --step-max cuts the climb and needs fewer processes."""
+    full = profile("c100k")
+    assert full.levels()[0] == 10_000 and full.levels()[-1] == 100_000
+    assert full.processes * connection_ceiling() >= 100_000
+    assert (full.processes - 1) * connection_ceiling() < 100_000
+    small = full.with_steps(maximum=20_000)
+    assert small.levels() == [10_000, 20_000]
+    assert small.processes == processes_for(20_000) < full.processes
+    assert profile("quick").processes == 1
+
+
+def test_sockstat_reads_the_kernels_tcp_figures(tmp_path):
+    """/proc/net/sockstat's TCP line: sockets in use, TIME_WAIT, and buffer memory in bytes."""
+    path = tmp_path / "sockstat"
+    path.write_text(
+        "sockets: used 3615\nTCP: inuse 3604 orphan 0 tw 20 alloc 3604 mem 113\n"
+        "UDP: inuse 0 mem 0\n"
+    )
+    got = sampler.sockstat(path)
+    assert got == {
+        "inuse": 3604, "orphan": 0, "tw": 20, "alloc": 3604, "mem_bytes": 113 * sampler.PAGE
+    }  # fmt: skip
 
 
 def test_two_invalid_steps_end_the_run_as_not_reached():
@@ -339,3 +367,29 @@ def test_the_runner_imports_no_locust():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_wall_is_named_from_its_own_evidence():
+    """The report's sentence for a wall quotes the refusals by reason, the threads held, the
+    server's own warning and the kernel's refused thread starts, from the run that hit it."""
+    row = {"index": 3, "run": "threaded-narrow-31000", "rejected": {"threads": 412.0},
+           "threads": 30610.0, "connections": 30570.0}  # fmt: skip
+    warning = (
+        "2026-12-03 07:00:00,000 WARNING twinchat.threaded: cannot start a thread (can't start "
+        "new thread) with 5102 threads and 5095 connections; refusing new connections with 503"
+    )
+    run = {
+        "name": "threaded", "workers": 6, "steps": [row],
+        "limit": {"reached": True, "users": 31000, "criterion": "refused (412 rejected)",
+                  "step": 3},
+        "wall": {"last_warning": None, "task_cap": None},
+        "narrowing": [{"name": "threaded-narrow-31000", "locust_failures": [],
+                       "wall": {"last_warning": warning, "task_cap": 30675,
+                                "task_cap_refusals": 412}}],
+    }  # fmt: skip
+    text = walls.describe(run, {"pid_max": 32768, "threads_max": 192726, "cpus": 2})
+    assert "refused (412 rejected) at 31,000 users" in text
+    assert "threads 412" in text and "30,610 threads" in text
+    assert "cannot start a thread (can't start new thread) with 5102 threads" in text
+    assert "refused 412 thread starts at the task cap of 30,675" in text
+    assert walls.describe({**run, "limit": {"reached": False}}, {}) is None

@@ -20,6 +20,8 @@ from chatclient import TIMEOUT, ChatClient, metric_value, wait_for
 from hostile import Bystander, Relay, masked_frame, new_room, rss
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from loadtest import taskcap
+
 MIB = 1024 * 1024
 NO_RATE_LIMIT = ("--rate", "100000", "--burst", "100000")
 UPGRADE = (
@@ -185,6 +187,56 @@ def test_fd_limit_reached(server_factory, server):
             for c in clients:
                 c.close()
         bystander.finish(srv)
+
+
+TASK_CAP = 12  # the threaded server's own threads (main, metrics, drainer) and a few more
+
+
+@pytest.mark.skipif(taskcap.available() is not None, reason=str(taskcap.available()))
+def test_threaded_server_refuses_at_its_thread_wall(server_factory, tmp_path):
+    """When the kernel refuses a new thread (a pids cgroup of 12 tasks, the same EAGAIN as at
+    kernel.pid_max), the threaded server answers 503 counted as ``threads``, keeps chatting
+    with the clients it has, keeps answering /metrics, and takes clients again once some leave."""
+    cap = taskcap.TaskCap.create(TASK_CAP, "twinchat-test-wall")
+    try:
+        log = tmp_path / "server.log"
+        srv = server_factory("threaded", preexec_fn=cap.enter, log_path=log)
+        room = new_room("wall")
+        with Bystander(srv.url, room) as bystander:
+            clients: list[ChatClient] = []
+            refused: list[int] = []
+            try:
+                for _ in range(3 * TASK_CAP):
+                    try:
+                        c = ChatClient(srv.url, open_timeout=3)
+                    except InvalidStatus as exc:
+                        refused.append(exc.response.status_code)
+                        continue
+                    c.hello()
+                    clients.append(c)
+                assert clients, "no client got in"
+                assert refused and set(refused) == {503}, refused
+                assert srv.proc.poll() is None, "server died at its thread wall"
+                assert cap.refusals(), "the kernel refused no thread: the wall was not reached"
+                metrics = srv.metrics_text()  # answers at the wall
+                assert metric_value(
+                    metrics, "chat_connections_rejected_total", reason="threads"
+                ) == len(refused)
+                heard = len(bystander.received)
+                assert wait_for(lambda: len(bystander.received) >= heard + 5)
+                for c in clients:
+                    c.send({"type": "ping", "t": 7})
+                    assert c.expect("pong")["t"] == 7
+                clients.pop().close()
+                assert wait_for(lambda: _try_client(srv), timeout=15), "no client accepted again"
+            finally:
+                for c in clients:
+                    c.close()
+            bystander.finish(srv)
+        assert srv.stop() == 0
+    finally:
+        cap.remove()
+    assert "cannot start a thread (can't start new thread) with" in log.read_text()
 
 
 def _healthz_connections(srv) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -129,13 +130,17 @@ def test_server_at_capacity_shows_as_connect_failures(kind, tmp_path):
 
 
 def test_chat_scenario_with_two_processes(tmp_path):
-    """With --processes 2 the master's CSV aggregates both workers, with no failure."""
-    with running_server("async") as server:
+    """With --processes 2 the master's CSV aggregates both workers, with no failure; with
+    --source-address each process connects from its own address."""
+    log = tmp_path / "server.log"
+    with running_server("async", log_path=log) as server:
         result, prefix = run_locust(
             server.url,
             tmp_path,
             "--processes",
             "2",
+            "--source-address",
+            "127.0.0.2",
             "-u",
             "20",
             "-r",
@@ -153,6 +158,8 @@ def test_chat_scenario_with_two_processes(tmp_path):
     assert int(rows["connect"]["Request Count"]) == 20
     assert int(rows["fanout"]["Request Count"]) > 0
     assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
+    sources = re.findall(r" from \('(127\.[0-9.]+)'", log.read_text())
+    assert len(sources) == 20 and set(sources) == {"127.0.0.2", "127.0.0.3"}, sources
 
 
 def test_step_shape_guard_and_exporter(tmp_path):

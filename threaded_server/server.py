@@ -43,10 +43,16 @@ from common.screening import PendingScreen
 from threaded_server.broker import plug
 from threaded_server.connection import SEND_FLAGS, Connection, text_frame
 from threaded_server.drainer import Drainer
+from threaded_server.metrics_http import serve_metrics
 
 logger = logging.getLogger("twinchat.threaded")
 
 ACCEPT_RETRY_DELAY = 0.1
+# A socket refused from the accept thread gets its 503 once the client's request has
+# arrived (or after REFUSED_WAIT s): answering first races a client still sending, and
+# closing with the request unread resets the connection. At most REFUSED_HELD wait.
+REFUSED_WAIT = 1.0
+REFUSED_HELD = 1000
 
 
 class ChatServer:
@@ -75,6 +81,8 @@ class ChatServer:
         # One fd kept in reserve, given up at EMFILE to accept and refuse a client.
         self._spare_fd: int | None = None
         self._last_accept_warning = 0.0
+        self._poller = select.poll()
+        self._refused: dict[int, tuple[float, socket.socket]] = {}  # fd: (answer by, socket)
 
     # Lifecycle
 
@@ -103,15 +111,15 @@ class ChatServer:
     def start(self) -> None:
         """Listen on the chat port, start the drainer and the metrics server."""
         cfg = self.config
-        served = metrics.start(
+        metrics.start(
             self.implementation,
             "threads",
             host=cfg.host,
-            port=cfg.metrics_port,
+            port=0,
             connections=lambda: self.core.connections,
             rooms=lambda: self.core.active_rooms,
         )
-        self._metrics_server = served[0] if served else None
+        self._metrics_server = serve_metrics(cfg.host, cfg.metrics_port)
         threading.stack_size(cfg.thread_stack_kib * 1024)
         self._listener = socket.create_server(
             (cfg.host, cfg.port), backlog=cfg.listen_backlog, reuse_port=cfg.workers > 1
@@ -281,11 +289,18 @@ class ChatServer:
     def serve_forever(self) -> None:
         """Accept connections until :meth:`stop`; each gets its own thread."""
         assert self._listener is not None
-        poller = select.poll()
-        poller.register(self._listener, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        listener = self._listener.fileno()
+        self._poller.register(listener, select.POLLIN)
+        self._poller.register(self._wake_r, select.POLLIN)
         while not self._stopping.is_set():
-            if not poller.poll(1000) or self._stopping.is_set():
+            self._answer_refused(time.monotonic())
+            events = self._poller.poll(100 if self._refused else 1000)
+            if self._stopping.is_set():
+                break
+            ready = {fd for fd, _ in events}
+            for fd in ready & self._refused.keys():
+                self._answer(fd)
+            if listener not in ready:
                 continue
             try:
                 sock, address = self._listener.accept()
@@ -299,6 +314,7 @@ class ChatServer:
             # Small frames must not wait for Nagle (asyncio sets this by default too).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._start_connection(sock, address)
+        self._answer_refused(float("inf"))
 
     def _start_connection(self, sock: socket.socket, address: tuple) -> None:
         """Register the connection and start its thread (refused if no thread starts)."""
@@ -322,10 +338,11 @@ class ChatServer:
             self._connections[connection] = thread
         try:
             thread.start()
-        except RuntimeError:  # can't start new thread: at the thread limit
+        except RuntimeError as exc:  # can't start new thread: at the thread limit
             with self._connections_lock:
                 del self._connections[connection]
-            self._refuse(sock)
+            self._warn_at_wall(f"cannot start a thread ({exc})")
+            self._refuse(sock, RejectReason.THREADS)
 
     def _conn_handler(self, connection: Connection) -> None:
         """A connection's thread: opening handshake, :meth:`handler`, closing; never raises."""
@@ -340,15 +357,42 @@ class ChatServer:
             with self._connections_lock:
                 self._connections.pop(connection, None)
 
-    def _refuse(self, sock: socket.socket) -> None:
-        """Answer 503 from the accept thread, without reading the request (overload)."""
-        metrics.rejected(RejectReason.OVERLOAD)
-        try:
-            sock.send(_response(unavailable()).serialize(), SEND_FLAGS)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        sock.close()
+    def _warn_at_wall(self, what: str) -> None:
+        """Log, at most every 10 s, that a limit refuses new connections, with the
+        threads and connections held at that moment (the evidence of which wall)."""
+        now = time.monotonic()
+        if now - self._last_accept_warning > 10:
+            self._last_accept_warning = now
+            logger.warning(
+                "%s with %d threads and %d connections; refusing new connections with 503",
+                what, metrics.os_threads(), len(self._connections),
+            )  # fmt: skip
+
+    def _refuse(
+        self, sock: socket.socket, reason: RejectReason = RejectReason.OVERLOAD, *, now=False
+    ) -> None:
+        """Answer 503 from the accept thread once the client's request has arrived (at
+        most ``REFUSED_WAIT`` s later), or at once with ``now`` (to free the fd)."""
+        metrics.rejected(reason)
+        if now:
+            _answer_unavailable(sock)
+            return
+        sock.setblocking(False)
+        self._refused[sock.fileno()] = (time.monotonic() + REFUSED_WAIT, sock)
+        self._poller.register(sock, select.POLLIN)
+        if len(self._refused) > REFUSED_HELD:
+            self._answer(next(iter(self._refused)))
+
+    def _answer(self, fd: int) -> None:
+        """Answer one waiting refused socket with 503 and close it."""
+        _, sock = self._refused.pop(fd)
+        self._poller.unregister(fd)
+        _answer_unavailable(sock)
+
+    def _answer_refused(self, now: float) -> None:
+        """Answer the refused sockets that waited until ``now`` for their request."""
+        for fd in [fd for fd, (due, _) in self._refused.items() if due <= now]:
+            self._answer(fd)
 
     def _refuse_without_fds(self, exc: OSError) -> None:
         """Out of fds: free the spare one to accept the client and refuse it with 503.
@@ -357,10 +401,7 @@ class ChatServer:
         timeout, and accept() would fail again at every turn of the loop.
         """
         assert self._listener is not None
-        now = time.monotonic()
-        if now - self._last_accept_warning > 10:
-            self._last_accept_warning = now
-            logger.warning("accept failed: %s; refusing new connections", exc.strerror)
+        self._warn_at_wall(f"accept failed: {exc.strerror}")
         if self._spare_fd is None:
             self._stopping.wait(ACCEPT_RETRY_DELAY)
             return
@@ -371,12 +412,24 @@ class ChatServer:
         except OSError:
             self._stopping.wait(ACCEPT_RETRY_DELAY)
         else:
-            self._refuse(sock)
+            self._refuse(sock, now=True)
         finally:
             try:
                 self._spare_fd = os.open(os.devnull, os.O_RDONLY)
             except OSError:
                 pass
+
+
+def _answer_unavailable(sock: socket.socket) -> None:
+    """Read what the client sent (its request: closing a socket with unread data resets
+    the connection, and the reset can overtake the answer), answer 503 and close."""
+    try:
+        sock.recv(65536, socket.MSG_DONTWAIT)
+        sock.send(_response(unavailable()).serialize(), SEND_FLAGS)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _response(reply: HttpReply) -> Response:

@@ -3,7 +3,10 @@
 The client's sockets are plain non-blocking OS sockets (the original
 ``socket.socket``, even when gevent has monkey-patched the module), because
 the process's :class:`~loadtest.client.reactor.Reactor` reads them directly
-with one ``recv`` per ready socket. The functions here wait cooperatively
+with one ``recv`` per ready socket. :func:`bind_source` makes every socket the
+process opens from then on leave from one local address (127.0.0.2, ...), so
+that each load-generator process has its own ~28,000 ephemeral ports per
+server address (docs/loadtest.md). The functions here wait cooperatively
 (``gevent.socket.wait_read``/``wait_write``), so a task that sends, or a
 connect in progress, only blocks its own greenlet.
 
@@ -15,6 +18,7 @@ no extension is offered, so frames are never compressed.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket as _socket_module
 from urllib.parse import urlsplit
@@ -30,6 +34,26 @@ from loadtest.client.errors import ConnectFailed, ReplyTimeout
 OsSocket = monkey.get_original("socket", "socket")
 RECV_SIZE = 65536
 MAX_RESPONSE_HEAD = 16384
+# Linux: pick the source port at connect(), per destination, not at bind() (which would
+# make every port unique to the source address). Not in Python's socket module.
+IP_BIND_ADDRESS_NO_PORT = getattr(_socket_module, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+_source_address: str | None = None  # None: the kernel picks the source address
+
+
+def source_for(base: str, process: int) -> str | None:
+    """The source address of load-generator process ``process``: ``base`` + ``process``
+    (``127.0.0.2`` → 127.0.0.2, 127.0.0.3, ...); None when ``base`` is empty."""
+    if not base:
+        return None
+    return str(ipaddress.ip_address(base) + process)
+
+
+def bind_source(address: str | None) -> None:
+    """Bind every socket this process opens from now on to ``address`` (None: let the
+    kernel choose, the default)."""
+    global _source_address
+    _source_address = address
 
 
 def open_socket(url: str, timeout: float) -> _socket_module.socket:
@@ -44,6 +68,9 @@ def open_socket(url: str, timeout: float) -> _socket_module.socket:
     )[0]
     sock = OsSocket(family, _socket_module.SOCK_STREAM, proto)
     try:
+        if _source_address is not None:
+            sock.setsockopt(_socket_module.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((_source_address, 0))
         sock.setblocking(False)
         sock.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
         err = sock.connect_ex(address)

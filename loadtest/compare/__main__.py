@@ -3,6 +3,7 @@
     python -m loadtest.compare                       # quick profile, chat scenario
     python -m loadtest.compare --profile smoke       # under a minute (tests, CI)
     python -m loadtest.compare --profile full --scenario idle
+    python -m loadtest.compare --profile c100k --scenario idle   # up to 100,000 connections
 
 ``make compare [PROFILE=smoke|quick|full] [SCENARIO=chat|idle|broadcast|churn]`` runs this.
 The report goes to ``reports/<timestamp>/`` and ``reports/latest`` points at it.
@@ -16,14 +17,19 @@ import datetime as dt
 import json
 import os
 import sys
+import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
 from loadtest import cpubudget, machine, scenarios
 from loadtest.compare import knee, report, runner, scaleout, steps
 from loadtest.compare.profiles import PROFILES, Profile, StepRules, profile
+from loadtest.redisproc import REDIS_SERVER, RedisProcess
 from loadtest.serverproc import PROJECT_ROOT
+
+SOURCE_BASE = "127.0.0.2"  # spread profiles: Locust process k connects from 127.0.0.2 + k
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,15 +103,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.slo_ms is not None:
         prof = replace(prof, limits=replace(prof.limits, slo_ms=args.slo_ms))
-    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or args.reports / stamp
     out.mkdir(parents=True, exist_ok=True)
-    pinning = runner.Pinning.choose(not args.no_pin)
-    server_cpus, budget_why = choose_budget(args.server_cpus, pinning)
+    with ExitStack() as stack:
+        return run(args, argv, prof, out, stack)
+
+
+def run(args, argv, prof: Profile, out: Path, stack: ExitStack) -> int:
+    """Run every server through the profile, write the report; ``stack`` stops what
+    the run started (the Redis of a spread profile)."""
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    locust_args, server_args = list(args.locust_arg), list(args.server_arg)
+    if prof.spread:
+        pinning = runner.Pinning.spread(prof.processes)
+        server_cpus = None
+        budget_why = (
+            f"none ({prof.processes} server and {prof.processes} Locust processes share the "
+            "CPUs, as the scale-out run)"
+        )
+        redis = spread_redis(stack)
+        server_args += ["--broker", redis.url]
+        locust_args += ["--source-address", SOURCE_BASE, "--heartbeat-liveness", "30"]
+    else:
+        redis = None
+        pinning = runner.Pinning.choose(not args.no_pin)
+        server_cpus, budget_why = choose_budget(args.server_cpus, pinning)
     options = runner.RunOptions(
-        prof, args.scenario, out, pinning, args.locust_arg, args.server_arg,
-        server_cpus=server_cpus, echo=not args.quiet,
+        prof, args.scenario, out, pinning, locust_args, server_args,
+        server_cpus=server_cpus, echo=not args.quiet, workers=prof.processes, redis=redis,
+        task_cap=prof.spread,
     )  # fmt: skip
     about = machine.describe(pinning.as_dict(), PROJECT_ROOT)
     runner.say(
@@ -133,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         probes=probes,
         machine=about,
         command=[Path(sys.executable).name, "-m", "loadtest.compare", *(argv or sys.argv[1:])],
-        locust_args=args.locust_arg,
-        server_args=args.server_arg,
+        locust_args=locust_args,
+        server_args=server_args,
         scale_out=scale_runs,
         budget={"cores": server_cpus, "why": budget_why},
     )
@@ -145,6 +172,20 @@ def main(argv: list[str] | None = None) -> int:
         if summary["scale_out"]:
             print(report.headline_markdown(summary["scale_out"]["headline"]))
     return 0
+
+
+def spread_redis(stack: ExitStack) -> RedisProcess:
+    """A redis-server for the server processes of a spread profile, stopped with ``stack``."""
+    if REDIS_SERVER is None:
+        raise SystemExit(
+            "this profile runs the servers as several processes on Redis: "
+            "install redis-server (apt-get install redis-server)"
+        )
+    data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="twinchat-redis-")))
+    redis = RedisProcess(data)
+    redis.start()
+    stack.callback(redis.stop)
+    return redis
 
 
 def choose_budget(choice: str, pinning: runner.Pinning) -> tuple[float | None, str]:
@@ -192,7 +233,9 @@ def render(out: Path) -> int:
     old = json.loads((out / "summary.json").read_text())
     p = old["profile"]
     limits = StepRules(**p["limits"])
-    prof = Profile(**{k: v for k, v in p.items() if k not in ("levels", "limits")}, limits=limits)
+    fields = {k: v for k, v in p.items() if k not in ("levels", "limits")}
+    fields["climb"] = tuple(fields.get("climb") or ())
+    prof = Profile(**fields, limits=limits)
     servers = old["servers"]
     summary = report.write(
         out,

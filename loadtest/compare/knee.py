@@ -115,5 +115,5 @@ def locust_capacity(run: dict, processes: int) -> int | None:
 def _about(run: dict) -> dict:
     """What the report keeps of a narrowing run besides its row."""
     keys = ("name", "levels", "stop_reason", "locust_exit", "server_exit", "server_log_tail",
-            "locust_failures", "files", "window", "step_time")  # fmt: skip
+            "locust_failures", "files", "window", "step_time", "wall")  # fmt: skip
     return {k: run.get(k) for k in keys}

@@ -256,3 +256,30 @@ def draw_all(runs: list[dict], derived: dict, slo_ms: float, latency_name: str, 
     cpu(runs, out / "cpu.png")
     errors(runs, out / "errors.png")
     return dict(PLOTS)
+
+
+CONNECTIONS_PLOT = ("connections.png", "Memory and ping p99 vs connections, with each wall")
+
+
+def connections(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
+    """Server RSS (summed over its processes) and p99 vs connections held, each server's
+    wall (its limit) marked with a vertical line."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 2, SIZE[1]))
+    for run in runs:
+        _plot(left, run, "connections", lambda r: (r["rss_bytes"] or 0) / 2**30)
+        _plot(right, run, "connections", figures.p99, label_suffix=" p99")
+        limit = run.get("limit") or {}
+        if limit.get("reached"):
+            color = STYLE[run.get("style", run["kind"])]["color"]
+            for ax in (left, right):
+                ax.axvline(limit["users"], color=color, linestyle="--", linewidth=1,
+                           label=f"{run['kind']} wall: {limit['users']:,} users")  # fmt: skip
+    right.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
+    right.set_yscale("log")
+    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    left.set_ylim(bottom=0)
+    _finish(left, "Server RSS, all its processes", "connections held", "GiB")
+    _finish(right, f"{name} p99 seen by Locust", "connections held", "ms (log scale)")
+    _legend(left)
+    _legend(right, MARKER_NOTE)
+    _save(fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from common.capacity import fd_limit
@@ -18,6 +19,7 @@ class StepRules:
     locust_cpu_saturated: float = 90.0  # % of one core, mean over the step window: invalid
     invalid_steps_to_stop: int = 2  # consecutive invalid steps: the load generator is the limit
     server_silent_s: float = 5.0  # no /metrics answer for this long: the server counts as dead
+    max_memory_share: float = 0.8  # server RSS (all its processes) above this share of RAM: limit
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class Profile:
     two are within ``precision`` of each other. ``probe_time`` > 0 adds, per
     server, a short run with nothing pinned and no CPU budget, at about the load
     one whole core would carry (the GIL and "true parallelism" claims).
+
+    ``climb``, when given, replaces the geometric climb with these user
+    counts. ``spread`` runs each server as several processes on Redis and
+    Locust as as many processes, each from its own source address, as the
+    per-process fd limit requires for ``maximum`` users, nothing pinned and no
+    CPU budget (the c100k profile; :func:`processes_for`).
     """
 
     name: str
@@ -44,9 +52,13 @@ class Profile:
     precision: float = 0.11
     probe_time: float = 0.0
     limits: StepRules = StepRules()
+    climb: tuple[int, ...] = ()
+    spread: bool = False
 
     def levels(self) -> list[int]:
         """The climb's user counts."""
+        if self.climb:
+            return [n for n in self.climb if n < self.maximum] + [self.maximum]
         out, users = [], float(self.start)
         while round_users(users) < self.maximum:
             out.append(round_users(users))
@@ -72,6 +84,11 @@ class Profile:
     def as_dict(self) -> dict:
         return {**asdict(self), "levels": self.levels()}
 
+    @property
+    def processes(self) -> int:
+        """Processes each side runs: 1, or with ``spread`` as many as ``maximum`` needs."""
+        return processes_for(self.maximum) if self.spread else 1
+
 
 def round_users(users: float) -> int:
     """A user count rounded to two or three significant figures (50s above 1,000)."""
@@ -92,6 +109,14 @@ def connection_ceiling() -> int:
     return max(1000, (fd_limit() - 1000) // 1000 * 1000)
 
 
+def processes_for(users: int) -> int:
+    """Processes that hold ``users`` connections, each under :func:`connection_ceiling`."""
+    return max(1, math.ceil(users / connection_ceiling()))
+
+
+C100K_CLIMB = (10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000)
+
+
 def profile(name: str) -> Profile:
     top = connection_ceiling()
     if name == "smoke":  # under a minute for both servers: the test and CI
@@ -107,7 +132,12 @@ def profile(name: str) -> Profile:
             "full", start=500, growth=1.25, maximum=top, step_time=60, window=40,
             precision=0.05, probe_time=30,
         )  # fmt: skip
-    raise ValueError(f"unknown profile {name!r}: smoke, quick or full")
+    if name == "c100k":  # idle connections up to 100,000: where each model's wall stands
+        return Profile(
+            "c100k", start=C100K_CLIMB[0], growth=1.5, maximum=C100K_CLIMB[-1], step_time=30,
+            window=20, spawn_rate=250, precision=0.11, climb=C100K_CLIMB, spread=True,
+        )  # fmt: skip
+    raise ValueError(f"unknown profile {name!r}: smoke, quick, full or c100k")
 
 
-PROFILES = ("smoke", "quick", "full")
+PROFILES = ("smoke", "quick", "full", "c100k")

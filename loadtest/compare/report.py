@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from loadtest.compare import claims, diagnosis, figures, knee, plots, steps
+from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
 from loadtest.compare.profiles import Profile
 
 KINDS = ("threaded", "async")
@@ -118,6 +118,12 @@ def write(
     plot_titles = plots.draw_all(
         [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
     )
+    if profile.spread:
+        file, title = plots.CONNECTIONS_PLOT
+        plots.connections(
+            [runs[k] for k in KINDS if k in runs], profile.limits.slo_ms, latency_name, out / file
+        )
+        plot_titles = {file: title, **plot_titles}
     scale = None
     if scale_out:
         scale_derived = {name: figures.derive(run) for name, run in scale_out.items()}
@@ -163,6 +169,8 @@ def write(
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "headline.md").write_text(headline_markdown(rows) + "\n")
     (out / "claims.md").write_text(claims_markdown(table) + "\n")
+    if profile.spread:
+        (out / "connections.md").write_text(connections.markdown(runs) + "\n")
     (out / "report.html").write_text(render_html(summary, out))
     return summary
 
@@ -216,6 +224,7 @@ def render_html(summary: dict, out: Path) -> str:
         _budget_html(summary),
         "<h2>Headline</h2>",
         _headline_html(summary["headline"]),
+        connections.html_section(summary) if p.get("spread") else "",
         _why_html(summary),
         "<p class='small'>Limit: the first step that broke a rule below. “Last good step”: "
         "the largest valid step within the SLO; deliveries/s, p99 and CPU are read there. "

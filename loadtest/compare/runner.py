@@ -26,8 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from loadtest import pinning, prom, schedstat
-from loadtest.compare import sampler, steps
+from loadtest import pinning, prom, schedstat, taskcap
+from loadtest.compare import sampler, steps, walls
 from loadtest.compare.profiles import Profile
 from loadtest.cpubudget import CpuBudget
 from loadtest.locustcmd import locust_command
@@ -75,6 +75,16 @@ class Pinning:
             f"on CPU {rest} (taskset)",
         )  # fmt: skip
 
+    @classmethod
+    def spread(cls, processes: int) -> Pinning:
+        """Nothing pinned, ``processes`` Locust processes (and as many server processes)
+        sharing every CPU, as the scale-out run does."""
+        return cls(
+            None, None, processes,
+            f"nothing pinned: {processes} server processes, {processes} Locust processes, "
+            "Redis and the runner share the machine's CPUs",
+        )  # fmt: skip
+
     def unpinned(self) -> Pinning:
         return Pinning(None, None, self.locust_processes, "nothing pinned (probe)")
 
@@ -96,6 +106,9 @@ class RunOptions:
     locust_args: list[str] = field(default_factory=list)
     server_args: list[str] = field(default_factory=list)
     server_cpus: float | None = None  # the servers' CPU budget in cores (None: no budget)
+    workers: int = 1  # server processes (--workers); > 1 needs a broker in server_args
+    redis: object | None = None  # a RedisProcess shared by the runs: flushed before each
+    task_cap: bool = False  # cap each server's tasks below what the machine has left
     progress_every: float = 5.0
     echo: bool = True
 
@@ -120,7 +133,7 @@ def run_server(
     budget: bool = True,
     tag: str = "",
     server_args: list[str] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     on_start: Callable[[ServerProcess], None] | None = None,
 ) -> dict:
     """Run ``kind`` through the step plan; return its step rows, limit and raw-file names.
@@ -129,9 +142,14 @@ def run_server(
     pinned and ``budget=False`` without the CPU budget (the unpinned probe).
     ``server_args`` are added to the options' server arguments; with
     ``workers`` > 1 the server runs that many processes (``--workers``) and
-    their metrics (ports ``metrics_port + i``) are summed. ``on_start(server)``
-    is called once the server serves, before Locust starts (a probe of its own).
+    their metrics (ports ``metrics_port + i``) are summed (default: the options').
+    ``on_start(server)`` is called once the server serves, before Locust starts
+    (a probe of its own). With ``options.task_cap`` the server's process tree
+    runs in a pids cgroup capped at what the machine has left
+    (:mod:`loadtest.taskcap`), so that a thread-per-connection server meets the
+    machine's thread wall without taking every other process's task ids with it.
     """
+    workers = workers or options.workers
     profile = options.profile
     plan = StepPlan(
         tuple(levels or profile.levels()), step_time or profile.step_time, profile.spawn_rate
@@ -144,6 +162,18 @@ def run_server(
     if budget and options.server_cpus:
         cpu_budget = CpuBudget.create(options.server_cpus, f"twinchat-{name}")
 
+    cap = None
+    if options.task_cap and taskcap.available() is None:
+        cap = taskcap.TaskCap.create(taskcap.machine_headroom() or 1 << 20, f"twinchat-{name}")
+    if options.redis is not None:
+        options.redis.flush()  # rooms, seqs and presence of the previous run
+
+    def enter() -> None:
+        if cpu_budget:
+            cpu_budget.enter()
+        if cap:
+            cap.enter()
+
     extra = [*options.server_args, *(server_args or [])]
     if workers > 1:
         extra += ["--workers", str(workers)]
@@ -153,11 +183,13 @@ def run_server(
             *extra,
             log_path=out / f"{name}-server.log",
             cpu=pinning.server_cpu,
-            preexec_fn=cpu_budget.enter if cpu_budget else None,
+            preexec_fn=enter if (cpu_budget or cap) else None,
         )
     except Exception:
         if cpu_budget:
             cpu_budget.remove()
+        if cap:
+            cap.remove()
         raise
     if on_start is not None:
         on_start(server)
@@ -184,10 +216,13 @@ def run_server(
     drive = StepDriver(name, options, server, plan, window, pinning, cpu_budget)
     try:
         result = drive.run(metrics_urls, command, exporter_port)
+        result["wall"] = walls.evidence(server.log_path, cap)
     finally:
         server.stop()  # idempotent: already stopped on the normal path
         if cpu_budget:
             cpu_budget.remove()
+        if cap:
+            cap.remove()
     return {
         "kind": kind,
         "name": name,
@@ -197,6 +232,7 @@ def run_server(
         "window": window,
         "pinning": pinning.as_dict(),
         "server_cpus": cpu_budget.cores if cpu_budget else None,
+        "workers": workers,
         **result,
     }
 
@@ -228,6 +264,7 @@ class StepDriver:
         self.t0: float | None = None
         self.settled: dict[int, bool] = {}
         self.churning = options.scenario == "churn"  # connections come and go by design
+        self.locust_rss_at_start: int | None = None
 
     # -- measuring -------------------------------------------------------------
 
@@ -313,8 +350,10 @@ class StepDriver:
         try:
             stop_reason = self._loop(locust, take)
         finally:
+            locust_tree, server_tree = _process_tree(locust.pid), _process_tree(self.server.pid)
             locust_exit = _stop(locust)
             server_exit = self.server.stop()
+            _kill_leftovers(locust_tree + server_tree)
             locust_log.close()
             sample_file.close()
 
@@ -326,6 +365,7 @@ class StepDriver:
         say(self.options, f"{self.name}: {_limit_text(limit)} (stopped: {stop_reason})")
         return {
             "baseline": baseline["server"],
+            "locust_rss_at_start": self.locust_rss_at_start,
             "steps": self.rows,
             "limit": limit,
             "stop_reason": stop_reason,
@@ -349,6 +389,7 @@ class StepDriver:
             if self.t0 is None:
                 if steps._get(sample, "locust", "users"):
                     self.t0 = now - 0.1  # polled every 0.2 s until here: the shape's start
+                    self.locust_rss_at_start = sample.get("locust_rss")
                 elif locust.poll() is not None or now - started > STARTUP_GRACE:
                     return "Locust did not start"
                 else:
@@ -442,6 +483,16 @@ def _process_tree(pid: int) -> list[int]:
     with contextlib.suppress(psutil.Error):
         return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
     return [pid]
+
+
+def _kill_leftovers(pids: list[int]) -> None:
+    """SIGKILL what is left of stopped process trees: workers that outlived their
+    supervisor or master would hold ports, CPU and connections into the next run."""
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
 
 
 def _locust_failures(path: Path) -> list[dict]:

@@ -13,12 +13,19 @@ A sample is a plain dict (one JSON line in ``<server>-samples.jsonl``):
   (one core = 100), so saturation is seen even without the exporter;
   ``locust_cpu_busiest``: CPU % of its busiest process (with ``--processes``
   each process is one core's worth at most);
-- ``machine_cpu``: CPU % of the whole machine (all cores = 100).
+- ``machine_cpu``: CPU % of the whole machine (all cores = 100);
+- ``locust_rss``: resident memory of the Locust process tree, bytes;
+- ``machine_memory_used``: memory in use on the machine (total - available), bytes;
+- ``sockstat``: the kernel's TCP socket counts (``/proc/net/sockstat``: ``inuse``,
+  ``orphan``, ``tw``, ``alloc``) and ``mem_bytes``, the memory of all TCP socket
+  buffers (its ``mem``, in pages).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import psutil
 
@@ -97,6 +104,21 @@ class ProcessCpu:
                 pass
         return out
 
+    def rss(self) -> int | None:
+        """Resident memory of the process and its children, bytes."""
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return None
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
     def percents(self) -> dict[int, float] | None:
         """CPU % of each process of the tree since the last call (None on the first)."""
         now, seconds = time.monotonic(), self._cpu_seconds()
@@ -142,4 +164,31 @@ class Sampler:
             "locust_cpu": sum(per_process.values()) if per_process else None,
             "locust_cpu_busiest": max(per_process.values()) if per_process else None,
             "machine_cpu": psutil.cpu_percent(None),
+            "locust_rss": self.locust_cpu.rss() if self.locust_cpu else None,
+            "machine_memory_used": _memory_used(),
+            "sockstat": sockstat(),
         }
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def sockstat(path: Path = Path("/proc/net/sockstat")) -> dict | None:
+    """The kernel's TCP socket counts and TCP buffer memory (bytes), or None off Linux."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()[1:]
+            values = {k: int(v) for k, v in zip(fields[::2], fields[1::2], strict=False)}
+            out = {k: values.get(k) for k in ("inuse", "orphan", "tw", "alloc")}
+            out["mem_bytes"] = values["mem"] * PAGE if "mem" in values else None
+            return out
+    return None
+
+
+def _memory_used() -> int:
+    memory = psutil.virtual_memory()
+    return memory.total - memory.available

@@ -12,6 +12,8 @@ Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the 
    timed out or were dropped) → limit ``unresponsive``;
 3. the server refused connections (``chat_connections_rejected_total`` grew)
    → limit ``refused``;
+   the server's resident memory, summed over its processes, passed 80 % of the
+   machine's RAM → limit ``memory``;
 4. the busiest load-generator process averaged above 90 % of a core over the
    window → the step is ``invalid`` (its latency is the load generator's),
    never the server's limit;
@@ -24,7 +26,7 @@ Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the 
 A latency or failure breach must be confirmed: if the next (bigger) step is
 ok, the breach is relabelled ``transient`` and the run goes on; two breaches in
 a row, or a breach on the last step, make the limit (the first of them).
-``died``, ``unresponsive`` and ``refused`` need no confirmation.
+``died``, ``unresponsive``, ``refused`` and ``memory`` need no confirmation.
 
 After the last step: ``not reached (max step)``; after ``invalid_steps_to_stop``
 invalid steps in a row: ``not reached (load generator saturated)``.
@@ -40,6 +42,8 @@ import os
 from enum import StrEnum
 from itertools import pairwise
 from typing import NamedTuple
+
+import psutil
 
 from loadtest import prom
 from loadtest.compare.profiles import StepRules
@@ -60,12 +64,15 @@ class Criterion(StrEnum):
     DIED = "died"
     UNRESPONSIVE = "unresponsive"
     REFUSED = "refused"
+    MEMORY = "memory"
     FAILURES = "failures"
     SLO = "p99 over SLO"
 
 
 # Limits that need no confirmation by the next step.
-HARD_CRITERIA = frozenset({Criterion.DIED, Criterion.UNRESPONSIVE, Criterion.REFUSED})
+HARD_CRITERIA = frozenset(
+    {Criterion.DIED, Criterion.UNRESPONSIVE, Criterion.REFUSED, Criterion.MEMORY}
+)
 
 
 class Judgement(NamedTuple):
@@ -75,6 +82,7 @@ class Judgement(NamedTuple):
 
 
 CPUS = os.cpu_count() or 1
+MEMORY_BYTES = psutil.virtual_memory().total
 PEAK_SPAN = 3.0  # seconds: the "peak" CPU of a step is its busiest 3 s
 IGNORED_FAILURES = ("cpu_saturated",)  # the saturation guard's marker, not a request
 
@@ -99,6 +107,12 @@ def _get(sample: dict | None, part: str, key: str):
     if sample is None or sample.get(part) is None:
         return None
     return sample[part].get(key)
+
+
+def _sockstat(sample: dict | None, key: str) -> int | None:
+    """One of the kernel's TCP socket figures in a sample (machine-wide: both ends of every
+    loopback connection)."""
+    return ((sample or {}).get("sockstat") or {}).get(key)
 
 
 def _rate(a: dict | None, b: dict | None, key: str) -> float | None:
@@ -227,6 +241,16 @@ def summarize(
             1 for s in samples if start <= s["t"] <= end and s.get("server") is None
         ),
         "server_silent_s": silence(samples, start, end),
+        # Connections at scale (c100k): the kernel's sockets, Locust's memory, handshakes
+        "handshakes_per_s_peak": _peak_rate(
+            [s for s in samples if start <= s["t"] <= end], "opened"
+        ),
+        "tcp_sockets": _sockstat(last, "inuse"),
+        "tcp_mem_bytes": _sockstat(last, "mem_bytes"),
+        "tcp_time_wait": _sockstat(last, "tw"),
+        "locust_rss_bytes": (l_last or {}).get("locust_rss"),
+        "machine_memory_used_bytes": (last or {}).get("machine_memory_used"),
+        "memory_total_bytes": MEMORY_BYTES,
     }
     row["server_exited"] = exited
     row["server_up"] = row["server_silent_s"] < limits.server_silent_s
@@ -279,6 +303,14 @@ def judge(row: dict, limits: StepRules) -> Judgement:
     if refused:
         return Judgement(limit, Criterion.REFUSED, (
             f"refused ({refused} rejected, {int(failed)} of {int(connects)} connects failed)"
+        ))  # fmt: skip
+    rss, budget = (
+        row.get("rss_bytes"),
+        limits.max_memory_share * row.get("memory_total_bytes", MEMORY_BYTES),
+    )
+    if rss is not None and rss > budget:
+        return Judgement(limit, Criterion.MEMORY, (
+            f"memory (RSS {rss / 2**30:.1f} GiB > {limits.max_memory_share:.0%} of RAM)"
         ))  # fmt: skip
     cpu = row.get("locust_busiest_cpu_mean", row["locust_cpu_mean"])
     if cpu is not None and cpu > limits.locust_cpu_saturated:
