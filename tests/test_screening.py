@@ -175,4 +175,6 @@ def test_content_filter_costs_its_cpu(server_factory, variant):
         sender.say(room, "spam spam", id="bad")
         assert sender.messages(says)[-1]["seq"] == says
         assert sender.expect("error")["code"] == "rejected"
-    assert used >= says * 0.020
+    # process_cpu_seconds_total comes from /proc/self/stat, counted in 10 ms clock ticks:
+    # it may read a tick or two short of the 200 ms the filter spent (0.19 was seen).
+    assert used >= says * 0.020 * 0.75
