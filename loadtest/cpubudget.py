@@ -7,9 +7,10 @@ runner gives both servers the same budget when the machine cannot give the load
 generator more CPUs than the server (docs/compare.md says why).
 
 Works with cgroup v2 (``cpu.max``, where the unified hierarchy has the ``cpu``
-controller) and with cgroup v1 (``cpu.cfs_quota_us``); needs root. Where
-neither can be written, :func:`CpuBudget.create` raises :class:`BudgetUnavailable`
-with the reason, and the caller runs without a budget and says so.
+controller) and with cgroup v1 (``cpu.cfs_quota_us``); needs root
+(:mod:`loadtest.cgroup`). Where neither can be written,
+:func:`CpuBudget.create` raises :class:`BudgetUnavailable` with the reason, and
+the caller runs without a budget and says so.
 
 Usage::
 
@@ -22,18 +23,15 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from loadtest import cgroup
+
 PERIOD_US = 100_000  # the kernel's and Docker's default CFS period
+CONTROLLER, V1_FILE = "cpu", "cpu.cfs_quota_us"
 
-
-class BudgetUnavailable(RuntimeError):
-    """No cgroup with a CPU controller can be written here (the reason is the message)."""
+BudgetUnavailable = cgroup.Unavailable  # no cgroup with a CPU controller can be written here
 
 
 @dataclass
@@ -49,31 +47,22 @@ class CpuBudget:
         """Make the group ``name`` (suffixed with this pid) with a quota of ``cores``."""
         if cores <= 0:
             raise ValueError(f"a CPU budget must be > 0 cores, not {cores}")
-        version, parent = _hierarchy()
-        path = parent / f"{name}-{os.getpid()}"
+        version, _ = cgroup.hierarchy(CONTROLLER, V1_FILE)
         quota = max(1000, round(cores * PERIOD_US))
-        try:
-            if version == 2:  # children get the cpu controller only if the parent hands it on
-                (parent / "cgroup.subtree_control").write_text("+cpu\n")
-            path.mkdir(exist_ok=True)
-            if version == 2:
-                (path / "cpu.max").write_text(f"{quota} {PERIOD_US}\n")
-            else:
-                (path / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
-                (path / "cpu.cfs_quota_us").write_text(f"{quota}\n")
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-            raise BudgetUnavailable(f"cannot write a CPU quota in {path}: {exc}") from exc
+        if version == 2:
+            settings = {"cpu.max": f"{quota} {PERIOD_US}"}
+        else:
+            settings = {"cpu.cfs_period_us": str(PERIOD_US), "cpu.cfs_quota_us": str(quota)}
+        version, path = cgroup.make(CONTROLLER, V1_FILE, name, settings)
         return cls(cores, path, version)
 
     def enter(self) -> None:
         """Move the calling process into the group (use as ``preexec_fn``)."""
-        (self.path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        cgroup.join(self.path)
 
     def add(self, pid: int) -> None:
         """Move a running process into the group (its existing threads follow in v2 only)."""
-        (self.path / "cgroup.procs").write_text(f"{pid}\n")
+        cgroup.join(self.path, pid)
 
     def throttled(self) -> tuple[int, float] | None:
         """(periods in which the group was throttled, seconds it waited throttled) so far."""
@@ -97,36 +86,9 @@ class CpuBudget:
 
     def remove(self, timeout: float = 5.0) -> None:
         """Delete the group once its processes have exited (waits up to ``timeout`` s)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return  # a process is still inside: leave the empty-to-be group
-                time.sleep(0.05)
-
-
-def _hierarchy() -> tuple[int, Path]:
-    """(cgroup version, directory to create groups in) for the CPU controller."""
-    controllers = CGROUP_ROOT / "cgroup.controllers"
-    if controllers.exists() and "cpu" in controllers.read_text().split():
-        return 2, CGROUP_ROOT
-    v1 = CGROUP_ROOT / "cpu"
-    if (v1 / "cpu.cfs_quota_us").exists():
-        return 1, v1
-    raise BudgetUnavailable(f"no cgroup CPU controller under {CGROUP_ROOT}")
+        cgroup.remove(self.path, timeout)
 
 
 def available() -> str | None:
     """None when a budget can be set here, else the reason it cannot."""
-    try:
-        version, parent = _hierarchy()
-    except BudgetUnavailable as exc:
-        return str(exc)
-    if not os.access(parent, os.W_OK):
-        return f"cgroup v{version} at {parent} is not writable (needs root)"
-    return None
+    return cgroup.unavailable(CONTROLLER, V1_FILE)

@@ -11,7 +11,7 @@ reserve (:func:`machine_headroom`). The tests use a small cap to provoke the
 wall cheaply.
 
 Works with cgroup v2 (``pids.max`` in the unified hierarchy) and v1 (the
-``pids`` controller); needs root. Where neither can be written,
+``pids`` controller); needs root (:mod:`loadtest.cgroup`). Where neither can be written,
 :func:`TaskCap.create` raises :class:`CapUnavailable` with the reason.
 
 Usage::
@@ -24,18 +24,15 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from loadtest import cgroup
+
 RESERVE = 2000  # task ids left to the rest of the machine by machine_headroom()
+CONTROLLER, V1_FILE = "pids", "cgroup.procs"
 
-
-class CapUnavailable(RuntimeError):
-    """No cgroup with a pids controller can be written here (the reason is the message)."""
+CapUnavailable = cgroup.Unavailable  # no cgroup with a pids controller can be written here
 
 
 @dataclass
@@ -51,23 +48,12 @@ class TaskCap:
         """Make the group ``name`` (suffixed with this pid) capped at ``limit`` tasks."""
         if limit < 1:
             raise ValueError(f"a task cap must be at least 1, not {limit}")
-        version, parent = _hierarchy()
-        _sweep(parent, name)
-        path = parent / f"{name}-{os.getpid()}"
-        try:
-            if version == 2:
-                (parent / "cgroup.subtree_control").write_text("+pids\n")
-            path.mkdir(exist_ok=True)
-            (path / "pids.max").write_text(f"{limit}\n")
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-            raise CapUnavailable(f"cannot write a pids cap in {path}: {exc}") from exc
+        version, path = cgroup.make(CONTROLLER, V1_FILE, name, {"pids.max": str(limit)})
         return cls(limit, path, version)
 
     def enter(self) -> None:
         """Move the calling process into the group (use as ``preexec_fn``)."""
-        (self.path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        cgroup.join(self.path)
 
     def current(self) -> int | None:
         """Tasks in the group now."""
@@ -89,27 +75,7 @@ class TaskCap:
 
     def remove(self, timeout: float = 5.0) -> None:
         """Delete the group once its processes have exited (waits up to ``timeout`` s)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.05)
-
-
-def _sweep(parent: Path, name: str) -> None:
-    """Remove groups named ``name-PID`` whose creator PID is gone and that are empty (a
-    group is left behind when its processes outlive :meth:`TaskCap.remove`'s wait)."""
-    for path in parent.glob(f"{name}-*"):
-        creator = path.name.rsplit("-", 1)[-1]
-        if creator.isdigit() and not Path(f"/proc/{creator}").exists():
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        cgroup.remove(self.path, timeout)
 
 
 def tasks_in_use() -> int | None:
@@ -133,24 +99,7 @@ def machine_headroom(reserve: int = RESERVE) -> int | None:
 
 def available() -> str | None:
     """None when a cap can be set here, else the reason it cannot."""
-    try:
-        version, parent = _hierarchy()
-    except CapUnavailable as exc:
-        return str(exc)
-    if not os.access(parent, os.W_OK):
-        return f"cgroup v{version} at {parent} is not writable (needs root)"
-    return None
-
-
-def _hierarchy() -> tuple[int, Path]:
-    """(cgroup version, directory to create groups in) for the pids controller."""
-    controllers = CGROUP_ROOT / "cgroup.controllers"
-    if controllers.exists() and "pids" in controllers.read_text().split():
-        return 2, CGROUP_ROOT
-    v1 = CGROUP_ROOT / "pids"
-    if (v1 / "cgroup.procs").exists():
-        return 1, v1
-    raise CapUnavailable(f"no cgroup pids controller under {CGROUP_ROOT}")
+    return cgroup.unavailable(CONTROLLER, V1_FILE)
 
 
 def _int(path: Path) -> int | None:
