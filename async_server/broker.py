@@ -252,7 +252,7 @@ class RedisBroker:
         remote = await self.redis.mget([proto.seq_key(name) for name in names])
         for name, value in zip(names, remote, strict=True):
             seq = int(value or 0)
-            local = self.core.local_rooms().get(name)
+            local = self.core.local_seq(name)
             if local is None:
                 continue
             if seq > local:
@@ -282,7 +282,7 @@ class RedisBroker:
                     break
                 metrics.BROKER_RECOVERED.inc()
                 metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-            local = self.core.local_rooms().get(room)
+            local = self.core.local_seq(room)
             if local is not None and local < upto:
                 logger.warning("room %s: messages %d..%d are gone from history", room, local, upto)
                 await self._lose_room(room, upto, "missed messages, rejoin")

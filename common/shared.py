@@ -214,3 +214,9 @@ class SharedChatCore(ChatCore):
     def local_rooms(self) -> dict[str, int]:
         """Rooms with local members and the last seq delivered in each."""
         return {name: room.seq for name, room in self.rooms.items() if room.members}
+
+    def local_seq(self, name: str) -> int | None:
+        """The last seq delivered in room ``name``, or None when it has no local member
+        (one room's entry of :meth:`local_rooms`, without building them all)."""
+        room = self.rooms.get(name)
+        return room.seq if room is not None and room.members else None

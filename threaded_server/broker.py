@@ -281,7 +281,8 @@ class RedisBroker:
         remote = self.redis.mget([proto.seq_key(name) for name in names])
         for name, value in zip(names, remote, strict=True):
             seq = int(value or 0)
-            local = self._local_rooms().get(name)
+            with self._lock:
+                local = self.core.local_seq(name)
             if local is None:
                 continue
             if seq > local:
@@ -316,7 +317,7 @@ class RedisBroker:
                         break
                     metrics.BROKER_RECOVERED.inc()
                     metrics.MESSAGES_DELIVERED.inc(outcome.delivered)
-                local = self.core.local_rooms().get(room)
+                local = self.core.local_seq(room)
                 if local is not None and local < upto:
                     lost = self.core.lose_room(room, upto, "missed messages, rejoin")
                     self._deliver(lost)
