@@ -337,13 +337,15 @@ def test_shared_core_delivers_in_order_and_reports_gaps():
     pending = core.receive(a, '{"type":"join","room":"r"}', now=0).join
     core.complete_join(a, pending, seq=5, members=1, history=[])
     assert core.deliver("r", 6, b'{"seq":6}').delivered == 1
+    assert core.local_rooms() == {"r": 6} and core.local_seq("r") == 6  # the position check
+    assert core.local_seq("elsewhere") is None
     assert core.deliver("r", 6, b'{"seq":6}').sends == []  # duplicate
     gap = core.deliver("r", 9, b'{"seq":9}')
     assert gap.sends == [] and gap.gap == Gap("r", 6, 9)
     assert core.deliver("elsewhere", 1, b"{}").sends == []
     lost = core.lose_room("r", 9, "missed messages")
     assert [(s.connection, c.code) for s, c in lost.closes] == [("A", CloseCode.TRY_AGAIN_LATER)]
-    assert core.local_rooms() == {}
+    assert core.local_rooms() == {} and core.local_seq("r") is None
 
 
 def test_shared_core_replays_from_broker_history():
