@@ -9,13 +9,13 @@ given (each row says what tested it, and from which report).
 from __future__ import annotations
 
 import base64
-import html
 import json
 import re
 from pathlib import Path
 
 from loadtest.claims import blocking, codefacts, cpubound, plots, sharedstate, verdicts
 from loadtest.compare import claims as compare_claims
+from loadtest.compare.report import _e, _n, _table  # the comparison report's HTML parts
 
 
 def table(
@@ -103,23 +103,6 @@ th{background:#f3f3f3} .supported{background:#e3f6e3} .notsupported{background:#
 code{background:#f5f5f5;padding:1px 3px} pre{white-space:pre-wrap;font-size:12px;color:#444}
 .small{font-size:12px;color:#555}
 """
-
-
-def _e(value) -> str:
-    return html.escape(str(value))
-
-
-def _n(value, fmt="{:,.0f}") -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def _table(head: list[str], body: list[list[str]], classes: list[str] | None = None) -> str:
-    rows = "".join(
-        f"<tr class='{classes[i] if classes else ''}'>" + "".join(f"<td>{c}</td>" for c in cells)
-        + "</tr>"
-        for i, cells in enumerate(body)
-    )  # fmt: skip
-    return "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + f"</tr>{rows}</table>"
 
 
 def _img(out: Path, name: str, title: str) -> str:
