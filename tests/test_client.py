@@ -190,6 +190,36 @@ def test_server_ping_is_answered_while_a_task_sends(client_modules, local_env):
     assert local_env.stats.num_failures == 0
 
 
+def test_server_ping_to_an_idle_client_is_answered_and_the_client_goes_on(
+    client_modules, local_env
+):
+    """Pings to a client no task is sending on (the usual case, answered from the receive
+    path at once) each get a pong with their payload, and the client keeps chatting."""
+    pongs: list[tuple[Opcode, bytes]] = []
+
+    def script(peer: Peer) -> None:
+        peer.welcome()
+        peer.joined()
+        for n in range(3):
+            peer.send_ping(b"ping %d" % n)
+            pong = peer.next_frame()
+            pongs.append((pong.opcode, bytes(pong.data)))
+        say = peer.expect("say")
+        peer.send_json(message("lobby", 1, "pinger", say["sent_at"]))
+        serve_until_closed(peer)
+
+    with ScriptedServer(script) as server:
+        client = client_modules.chat.ChatClient(local_env, server.url, "pinger")
+        assert client.connect() and client.join("lobby")
+        wait_until(lambda: len(pongs) == 3)
+        assert client.say("lobby", "still here")
+        wait_until(lambda: client.seq.expected.get("lobby") == 2)  # its own message came back
+        client.close()
+    assert server.errors == []
+    assert pongs == [(Opcode.PONG, b"ping %d" % n) for n in range(3)]
+    assert local_env.stats.num_failures == 0
+
+
 def test_bad_framing_and_server_close_are_failures_not_crashes(client_modules, local_env):
     """Broken framing is a 'protocol' failure answered with close 1002; a close frame the
     client did not ask for is a 'close' failure answered with the same code."""

@@ -316,8 +316,35 @@ class ChatClient:
             return False
 
     def _send_later(self, sock: socket.socket, data: bytes, then_teardown: bool = False) -> None:
-        """Send ``data`` from a new greenlet (the receive path must not wait for the lock)."""
+        """Send ``data`` from the receive path, which must not wait for the lock.
+
+        The usual case (a pong, with no task sending) goes out at once: the lock is free
+        and the kernel takes the whole frame. Otherwise a new greenlet sends it, or the
+        rest of it, holding the lock until done so that no other frame cuts in.
+        """
+        if not then_teardown and self._send_lock.acquire(blocking=False):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # the receive path sees the connection end and reports it
+                self._send_lock.release()
+                return
+            if sent == len(data):
+                self._send_lock.release()
+            else:
+                gevent.spawn(self._finish_send, sock, data[sent:])
+            return
         gevent.spawn(self._send_quietly, sock, data, then_teardown)
+
+    def _finish_send(self, sock: socket.socket, rest: bytes) -> None:
+        """Send the rest of a frame whose start went out; the caller holds the send lock."""
+        try:
+            send_all(sock, rest, self.timeout)
+        except (OSError, ChatLoadError, gevent.Timeout):
+            pass  # the receive path sees the connection end and reports it
+        finally:
+            self._send_lock.release()
 
     def _send_quietly(self, sock: socket.socket, data: bytes, then_teardown: bool) -> None:
         try:
