@@ -27,6 +27,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from async_server.broker import plug
+from async_server.connection import ChatConnection, keep_alive
 from async_server.metrics_http import serve_metrics
 from blocking import screen
 from common import metrics
@@ -34,7 +35,14 @@ from common.capacity import socket_limit
 from common.chat import Outcome, Session
 from common.config import ServerConfig
 from common.http import HttpReply, answer, refused_upgrade
-from common.reasons import DisconnectReason, DropReason, RejectReason, disconnect_reason
+from common.keepalive import KEEPALIVE_TIMEOUT_REASON, Keepalive
+from common.reasons import (
+    KEEPALIVE_TIMEOUT_CODE,
+    DisconnectReason,
+    DropReason,
+    RejectReason,
+    disconnect_reason,
+)
 from common.screening import PendingScreen
 
 logger = logging.getLogger("twinchat.async")
@@ -67,11 +75,15 @@ class ChatServer:
             loop.add_signal_handler(sig, self.stop)
         async with await self.start() as server:
             metrics_server = await serve_metrics(self.config.host, self.config.metrics_port)
-            lag_task = asyncio.create_task(self._measure_loop_lag())
+            tasks = [asyncio.create_task(self._measure_loop_lag())]
+            keepalive = Keepalive(self.config.ping_interval, self.config.ping_timeout)
+            if keepalive.enabled:
+                tasks.append(asyncio.create_task(keep_alive(server, keepalive, self._give_up)))
             await self.broker.start()
             await self._stop
             await self.shutdown(server)
-            lag_task.cancel()
+            for task in tasks:
+                task.cancel()
             await self.broker.stop()
             if metrics_server is not None:
                 metrics_server.close()
@@ -102,9 +114,9 @@ class ChatServer:
             compression=cfg.compression,
             max_size=cfg.limits.max_frame_bytes,
             open_timeout=cfg.open_timeout,
-            ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout,
+            ping_interval=None,  # one keepalive task for all connections (run)
             close_timeout=cfg.close_timeout,
+            create_connection=ChatConnection,
             server_header=None,
             reuse_address=True,
             reuse_port=cfg.workers > 1,
@@ -238,9 +250,17 @@ class ChatServer:
         for session, close in outcome.closes:
             connection = session.connection
             self._close_reasons.setdefault(connection, close.disconnect)
-            task = asyncio.ensure_future(connection.close(close.code, close.reason))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._close_soon(connection, close.code, close.reason)
+
+    def _give_up(self, connection: ChatConnection) -> None:
+        """The client missed its keepalive pong: close with 1011, counted as ``timeout``."""
+        self._close_soon(connection, KEEPALIVE_TIMEOUT_CODE, KEEPALIVE_TIMEOUT_REASON)
+
+    def _close_soon(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Start the closing handshake without awaiting it; its handler finishes the rest."""
+        task = asyncio.ensure_future(connection.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _drop_slow_consumer(self, connection: ServerConnection) -> None:
         """Cut off a client that does not read; its backlog is discarded."""

@@ -56,6 +56,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
+from common.keepalive import KEEPALIVE_TIMEOUT_REASON, Action, Keepalive, Liveness
+from common.reasons import KEEPALIVE_TIMEOUT_CODE
 from threaded_server.drainer import Drainer
 
 logger = logging.getLogger("twinchat.threaded")
@@ -64,7 +66,7 @@ RECV_BUFFER = 65536
 POLL_IN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 # An int: ``socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL`` is an IntFlag operation per call.
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-NO_PING_WAIT = 3600.0  # seconds a read waits when keepalive is off
+NO_PING_WAIT = 3600.0  # seconds a read waits at most (keepalive off, or far off)
 
 ProcessRequest = Callable[["Connection", Request], Response | None]
 ProcessResponse = Callable[["Connection", Request, Response], Response | None]
@@ -99,8 +101,7 @@ class Connection:
         self.fileno = sock.fileno()
         self.drainer = drainer
         self.open_timeout = open_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        self.keepalive = Keepalive(ping_interval, ping_timeout)
         self.close_timeout = close_timeout
         self.lock = threading.Lock()
         self.protocol = ServerProtocol(origins=origins, extensions=extensions, max_size=max_size)
@@ -118,8 +119,7 @@ class Connection:
         self._messages: deque[str | bytes] = deque()
         self._fragments: list[bytes] = []
         self._fragment_opcode = Opcode.TEXT
-        self._ping_sent_at: float | None = None
-        self._next_ping_at = 0.0
+        self._liveness = Liveness(0.0)  # reset when the WebSocket opens
         self._closing_deadline: float | None = None
         self._eof = False
         self._poller = select.poll()
@@ -162,7 +162,7 @@ class Connection:
             return False
         for frame in early_frames:
             self._handle_frame(frame)
-        self._next_ping_at = time.monotonic() + (self.ping_interval or 0)
+        self._liveness = Liveness(time.monotonic())
         return True
 
     # Receiving (the connection's thread)
@@ -309,6 +309,7 @@ class Connection:
             data = b""
         with self.lock:
             if data:
+                self._liveness.heard(time.monotonic())
                 self.protocol.receive_data(data)
             else:
                 self._eof = True
@@ -317,12 +318,8 @@ class Connection:
         return True
 
     def _handle_frame(self, frame: Frame) -> None:
-        """Reassemble messages from frames; note pongs for the keepalive."""
+        """Reassemble messages from frames."""
         opcode = frame.opcode
-        if opcode is Opcode.PONG:
-            self._ping_sent_at = None
-            self._next_ping_at = time.monotonic() + (self.ping_interval or 0)
-            return
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if not frame.fin:
                 self._fragment_opcode, self._fragments = opcode, [bytes(frame.data)]
@@ -335,7 +332,7 @@ class Connection:
             opcode, data = self._fragment_opcode, b"".join(self._fragments)
             self._fragments = []
         else:
-            return  # PING (answered by the protocol) and CLOSE
+            return  # PING (answered by the protocol), PONG and CLOSE
         if opcode is Opcode.BINARY:
             self._messages.append(data)
             return
@@ -345,25 +342,18 @@ class Connection:
             self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
 
     def _keepalive(self) -> float:
-        """Send a ping when one is due, fail on a missed pong; return how long to read."""
-        interval, ping_timeout = self.ping_interval, self.ping_timeout
-        if interval is None:
-            return NO_PING_WAIT
+        """Ping a silent peer, give up on one that missed its pong (common/keepalive.py);
+        return how long to read."""
         now = time.monotonic()
-        if self._ping_sent_at is not None and ping_timeout is not None:
-            if now - self._ping_sent_at >= ping_timeout:
-                # As websockets does: 1011, which tells the disconnect reason.
-                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                return 0.0
-            return self._ping_sent_at + ping_timeout - now
-        if now >= self._next_ping_at:
+        action = self.keepalive.check(self._liveness, now)
+        if action is Action.PING:
             with self.lock:
                 self.protocol.send_ping(os.urandom(4))
                 self._write_protocol_data_locked()
-            self._ping_sent_at = now if ping_timeout is not None else None
-            self._next_ping_at = now + interval
-            return ping_timeout or interval
-        return self._next_ping_at - now
+        elif action is Action.GIVE_UP:
+            self._fail(KEEPALIVE_TIMEOUT_CODE, KEEPALIVE_TIMEOUT_REASON)
+            return 0.0
+        return min(self.keepalive.wait(self._liveness, now), NO_PING_WAIT)
 
     def _fail(self, code: int, reason: str) -> None:
         with self.lock:
