@@ -32,6 +32,7 @@ from common.shared import (
 logger = logging.getLogger("twinchat.async.broker")
 
 RETRY_DELAY = 0.5
+STOP_WAIT = 2.0  # seconds stop() waits for the broker's tasks to end
 
 
 class RedisBroker:
@@ -58,6 +59,7 @@ class RedisBroker:
         self._publish = self.redis.register_script(proto.PUBLISH_SCRIPT)
         self._presence = self.redis.register_script(proto.PRESENCE_SCRIPT)
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self._catch_up_lock = asyncio.Lock()
         # Removals from presence that failed, by (session id, room), resent every
         # position check; and the ones being resent, which a join of the same
@@ -72,9 +74,21 @@ class RedisBroker:
         ]
 
     async def stop(self) -> None:
+        """Stop subscribing and checking, forget this process in Redis, close the pool.
+
+        Returns within about ``STOP_WAIT`` + ``TIMEOUT`` s, Redis or not: a task whose
+        cancellation a Redis call lost (a pool wait timing out as the cancel arrives
+        raises a RedisError instead) ends at its next turn, when it sees ``_stopping``.
+        """
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            pending = set()
+        else:
+            _done, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT)
+        if pending:
+            logger.warning("%d broker tasks did not stop within %.0f s", len(pending), STOP_WAIT)
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(proto.process_key(self.process_id))
         await self.redis.aclose()
@@ -180,6 +194,8 @@ class RedisBroker:
     async def _resend_presence(self) -> None:
         """Resend the presence removals that failed, oldest first; stop at a failure."""
         for key in list(self._unsent):
+            if self._stopping:
+                return
             change = self._unsent.pop(key, None)
             if change is None or change.room in change.session.rooms:
                 continue  # a join of the same session and room took its place
@@ -196,7 +212,7 @@ class RedisBroker:
     # Messages from Redis
 
     async def _subscribe_forever(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(proto.CHANNEL_PATTERN)
@@ -233,7 +249,7 @@ class RedisBroker:
         metrics.delivered_from_broker(outcome.delivered, payload)
 
     async def _check_positions_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.position_check_interval)
             try:
                 await self.redis.set(proto.process_key(self.process_id), 1, ex=proto.PROCESS_TTL)

@@ -136,7 +136,10 @@ class ChatServer:
         try:
             await asyncio.wait_for(server.wait_closed(), self.config.shutdown_timeout)
         except TimeoutError:
-            logger.warning("shutdown timed out; dropping remaining connections")
+            remaining = list(server.all_connections)
+            logger.warning("shutdown timed out; dropping %d remaining connections", len(remaining))
+            for connection in remaining:
+                connection.transport.abort()
 
     # HTTP
 

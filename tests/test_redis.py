@@ -11,6 +11,7 @@ import time
 
 import pytest
 from chatclient import ChatClient, metric_value, wait_for
+from hostile import close_code
 
 from loadtest.redisproc import REDIS_SERVER, RedisProcess
 
@@ -297,6 +298,30 @@ def test_two_workers_share_one_port(redis_server, server_factory, kind):
     finally:
         for c in clients:
             c.close()
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_workers_stop_when_their_supervisor_is_killed(redis_server, server_factory, kind):
+    """SIGKILL to the supervisor of --workers 2 (nothing forwards a signal): both workers
+    still shut down (the kernel sends them SIGTERM), closing their clients with 1001,
+    instead of serving on, orphaned, on the port."""
+    import psutil
+
+    srv = server_factory(kind, "--broker", redis_server.url, "--workers", "2")
+    workers = [
+        child
+        for child in psutil.Process(srv.proc.pid).children()
+        if "resource_tracker" not in " ".join(child.cmdline())  # multiprocessing's helper
+    ]
+    assert len(workers) == 2
+    client = ChatClient(srv.url)
+    client.hello()
+    srv.proc.kill()
+    srv.proc.wait()
+    _gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert alive == [], f"workers outlived their supervisor: {alive}"
+    assert close_code(client) == 1001
+    client.close()
 
 
 @pytest.mark.parametrize("module", ["async_server", "threaded_server"])
