@@ -20,7 +20,7 @@ if _ROOT not in sys.path:
 from locust import events, runners  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
-from loadtest import exporter, options  # noqa: E402
+from loadtest import exporter, locustfix, options  # noqa: E402
 from loadtest import shape as step_shape  # noqa: E402  (module import: see shape.py)
 from loadtest.users import (  # noqa: E402, F401  (imported so Locust finds the classes)
     USER_CLASSES,
@@ -31,6 +31,8 @@ from loadtest.users import (  # noqa: E402, F401  (imported so Locust finds the 
 )
 
 logger = logging.getLogger("loadtest")
+
+locustfix.install()  # before --processes forks the workers, which inherit it
 
 
 @events.init_command_line_parser.add_listener

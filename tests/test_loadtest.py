@@ -416,3 +416,24 @@ def test_every_scenario_has_a_user_class_and_a_latency(locust_modules):
     assert set(locust_modules.users.USER_CLASSES) == set(scenarios.NAMES)
     assert scenarios.DEFAULT in scenarios.NAMES
     assert {s.latency for s in scenarios.SCENARIOS.values()} <= {"fanout", "ping"}
+
+
+def test_locust_defaults_are_computed_once_and_handed_out_as_copies(locust_modules):
+    """loadtest/locustfix.py: Locust's workers ask for the default options once per option of
+    every spawn message; the answer stays what Locust computes, each caller gets its own copy,
+    and installing twice wraps once."""
+    from locust import argument_parser
+
+    from loadtest import locustfix
+
+    original = getattr(
+        argument_parser.default_args_dict, "__wrapped__", argument_parser.default_args_dict
+    )
+    expected = original()
+    locustfix.install()
+    locustfix.install()
+    assert argument_parser.default_args_dict.__wrapped__ is original
+    first = argument_parser.default_args_dict()
+    assert first == expected
+    first["host"] = "changed by a caller"
+    assert argument_parser.default_args_dict() == expected
