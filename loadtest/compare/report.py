@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
 from loadtest.compare.profiles import Profile
+from loadtest.compare.steps import Outcome, StepRow
 
 KINDS = ("threaded", "async")
 
@@ -77,6 +78,11 @@ def _limit_cell(r: dict) -> str:
 
 def _n(value, fmt="{:,.0f}") -> str:
     return "n/a" if value is None else fmt.format(value)
+
+
+def to_json(value: object) -> object:
+    """summary.json's encoding of what json cannot write: a step row as its dict, else str."""
+    return value.to_dict() if isinstance(value, StepRow) else str(value)
 
 
 def source_lines(root: Path) -> dict:
@@ -166,7 +172,7 @@ def write(
         "source_lines": lines,
         "plots": plot_titles,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=to_json))
     (out / "headline.md").write_text(headline_markdown(rows) + "\n")
     (out / "claims.md").write_text(claims_markdown(table) + "\n")
     if profile.spread:
@@ -400,33 +406,34 @@ def _headline_html(rows: list[dict]) -> str:
     )  # fmt: skip
 
 
-def _steps_html(rows: list[dict]) -> str:
+STEP_CLASS = {Outcome.INVALID: "invalid", Outcome.LIMIT: "limit", Outcome.TRANSIENT: "invalid"}
+
+
+def _steps_html(rows: list[StepRow]) -> str:
     body, classes = [], []
     for r in rows:
         body.append([
-            _e(r.get("phase", "")), _e(r["users_target"]),
-            _e(_n(r["connections"]) + ("" if r.get("settled", True) else " (not all up)")),
+            _e(r.phase or ""), _e(r.users_target),
+            _e(_n(r.connections) + ("" if r.settled else " (not all up)")),
             _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
-            _e(_n(r["server_fanout_p99_ms"], "{:,.1f}")),
-            _e(_n(r["loop_lag_p99_ms"], "{:,.1f}")),
-            _e(_n(r["deliveries_per_s"])),
-            _e(_n(r["server_cpu_cores"], "{:.2f}")),
-            _e(_n(r.get("cpu_cores_exact"), "{:.2f}")),
-            _e(_n(r.get("throttled_per_s"), "{:.2f}")),
-            _e(_n(r.get("wait_to_run_per_s"), "{:.2f}")),
-            _e(_n(r.get("involuntary_switches_per_delivery"), "{:.3f}")),
-            _e(_n(r["locust_cpu_mean"], "{:.0f}")),
-            _e(_n(r.get("other_cpu_cores"), "{:.2f}")),
-            _e(_n(r.get("busiest_thread_share"), "{:.0%}")),
-            _e(_n((r["rss_bytes"] or 0) / 2**20, "{:.0f}")),
-            _e(_n(r["threads"])), _e(_n(r["open_fds"])),
-            _e(f"{100 * r['failure_ratio']:.2f}"),
-            _e(", ".join(f"{k} {v:.0f}" for k, v in r["disconnects"].items()) or "-"),
-            _e(r["outcome"] + (f": {r['reason']}" if r["reason"] else "")),
+            _e(_n(r.server_fanout_p99_ms, "{:,.1f}")),
+            _e(_n(r.loop_lag_p99_ms, "{:,.1f}")),
+            _e(_n(r.deliveries_per_s)),
+            _e(_n(r.server_cpu_cores, "{:.2f}")),
+            _e(_n(r.cpu_cores_exact, "{:.2f}")),
+            _e(_n(r.throttled_per_s, "{:.2f}")),
+            _e(_n(r.wait_to_run_per_s, "{:.2f}")),
+            _e(_n(r.involuntary_switches_per_delivery, "{:.3f}")),
+            _e(_n(r.locust_cpu_mean, "{:.0f}")),
+            _e(_n(r.other_cpu_cores, "{:.2f}")),
+            _e(_n(r.busiest_thread_share, "{:.0%}")),
+            _e(_n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
+            _e(_n(r.threads)), _e(_n(r.open_fds)),
+            _e(f"{100 * r.failure_ratio:.2f}"),
+            _e(", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
+            _e(r.outcome + (f": {r.reason}" if r.reason else "")),
         ])  # fmt: skip
-        classes.append(
-            {"invalid": "invalid", "limit": "limit", "transient": "invalid"}.get(r["outcome"], "")
-        )
+        classes.append(STEP_CLASS.get(r.outcome, ""))
     return _table(
         ["phase", "users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms",
          "loop lag p99 ms", "deliveries/s", "server CPU (own counter)",

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -259,7 +259,7 @@ class StepDriver:
         self.window = window
         self.cpu_budget = cpu_budget
         self.samples: list[dict] = []
-        self.rows: list[dict] = []
+        self.rows: list[steps.StepRow] = []
         self.marks: dict[tuple[int, str], Mark] = {}  # (step, "from" | "to")
         self.t0: float | None = None
         self.settled: dict[int, bool] = {}
@@ -307,11 +307,14 @@ class StepDriver:
             index, step.users, start, end, max(1.0, window), self.samples,
             self.options.profile.limits, exited=exited,
         )  # fmt: skip
-        row["ramp_end"] = self.t0 + step.ramp_end
-        row["run"] = self.name  # the raw samples are in <run>-samples.jsonl
-        row["settled"] = self.settled.get(index, False)
-        row["judged_from"] = end - max(1.0, window)
-        row.update(evidence(self.marks.get((index, "from")), self.marks.get((index, "to")), row))
+        row = replace(
+            row,
+            ramp_end=self.t0 + step.ramp_end,
+            run=self.name,
+            settled=self.settled.get(index, False),
+            judged_from=end - max(1.0, window),
+            **evidence(self.marks.get((index, "from")), self.marks.get((index, "to")), row),
+        )
         self.rows.append(row)
         _step_line(self.options, row, len(self.steps))
 
@@ -406,8 +409,8 @@ class StepDriver:
                 return f"server exited with {self.server.proc.returncode}"
             if steps.should_stop(self.rows, limits):
                 return next(
-                    (r["reason"] for r in self.rows if r["outcome"] == "limit"),
-                    self.rows[-1]["reason"],
+                    (r.reason for r in self.rows if r.outcome == steps.Outcome.LIMIT),
+                    self.rows[-1].reason,
                 )
             if len(self.rows) == count:
                 return "last step done"
@@ -452,7 +455,7 @@ class StepDriver:
         )
 
 
-def evidence(first: Mark | None, last: Mark | None, row: dict) -> dict:
+def evidence(first: Mark | None, last: Mark | None, row: steps.StepRow) -> dict:
     """Why a step went as it did, from two marks of the server's threads: exact CPU,
     time spent waiting to run, context switches per delivery, throttling, busiest thread."""
     out = {
@@ -469,7 +472,7 @@ def evidence(first: Mark | None, last: Mark | None, row: dict) -> dict:
     if delta["cpu_seconds"] is not None:
         out["cpu_cores_exact"] = delta["cpu_seconds"] / seconds
         out["wait_to_run_per_s"] = delta["wait_seconds"] / seconds
-        deliveries = (row.get("deliveries_per_s") or 0) * seconds
+        deliveries = (row.deliveries_per_s or 0) * seconds
         if deliveries > 0:
             out["voluntary_switches_per_delivery"] = delta["voluntary"] / deliveries
             out["involuntary_switches_per_delivery"] = delta["involuntary"] / deliveries
@@ -512,13 +515,13 @@ def _stop(locust: subprocess.Popen) -> int:
     return stop_process(locust, signal.SIGTERM, STOP_GRACE)
 
 
-def _step_line(options, row, count) -> None:
+def _step_line(options: RunOptions, row: steps.StepRow, count: int) -> None:
     say(
         options,
-        f"  step {row['index'] + 1}/{count} done: {row['users_target']} users, "
-        f"p99 {_ms(_s(row['latency_p99_ms']))}, deliveries/s {_num(row['deliveries_per_s'])}, "
-        f"failures {100 * row['failure_ratio']:.2f}% -> {row['outcome']}"
-        + (f" ({row['reason']})" if row["reason"] else ""),
+        f"  step {row.index + 1}/{count} done: {row.users_target} users, "
+        f"p99 {_ms(_s(row.latency_p99_ms))}, deliveries/s {_num(row.deliveries_per_s)}, "
+        f"failures {100 * row.failure_ratio:.2f}% -> {row.outcome}"
+        + (f" ({row.reason})" if row.reason else ""),
     )
 
 
@@ -544,7 +547,7 @@ def _cores(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} cores"
 
 
-def _add_locust_percentiles(rows: list[dict], history: Path, name: str) -> None:
+def _add_locust_percentiles(rows: list[steps.StepRow], history: Path, name: str) -> None:
     """Add Locust's own p50/p99 (its last 10 s, from --csv-full-history) at each step's end."""
     if not history.exists():
         return
@@ -555,9 +558,9 @@ def _add_locust_percentiles(rows: list[dict], history: Path, name: str) -> None:
                 continue
             points.append((int(record["Timestamp"]), _float(record["50%"]), _float(record["99%"])))
     for row in rows:
-        before = [p for p in points if p[0] <= row["end"]]
+        before = [p for p in points if p[0] <= row.end]
         if before:
-            _, row["locust_p50_ms"], row["locust_p99_ms"] = before[-1]
+            _, row.locust_p50_ms, row.locust_p99_ms = before[-1]
 
 
 def _float(text: str) -> float | None:
