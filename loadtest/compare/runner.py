@@ -85,6 +85,14 @@ class Pinning:
             "Redis and the runner share the machine's CPUs",
         )  # fmt: skip
 
+    @classmethod
+    def one_locust(cls) -> Pinning:
+        """The server on CPU 0 and one Locust process on CPU 1 (Locust capacity), or
+        nothing pinned where that cannot be."""
+        if not pinning.available():
+            return cls(None, None, 1, "not pinned: fewer than 2 CPUs or no taskset")
+        return cls(pinning.SERVER_CPU, "1", 1, "server on CPU 0, 1 Locust process on CPU 1")
+
     def unpinned(self) -> Pinning:
         return Pinning(None, None, self.locust_processes, "nothing pinned (probe)")
 
@@ -111,6 +119,7 @@ class RunOptions:
     task_cap: bool = False  # cap each server's tasks below what the machine has left
     progress_every: float = 5.0
     echo: bool = True
+    label: str = "compare"  # the prefix of the lines it prints
 
     @property
     def latency_name(self) -> str:
@@ -119,7 +128,7 @@ class RunOptions:
 
 def say(options: RunOptions, text: str) -> None:
     if options.echo:
-        print(f"[compare] {text}", flush=True)
+        print(f"[{options.label}] {text}", flush=True)
 
 
 def run_server(

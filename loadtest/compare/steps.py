@@ -23,6 +23,10 @@ Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the 
    receptions took longer than the SLO" (exact when the SLO is a bucket bound);
 7. otherwise ``ok``.
 
+A run that measures the load generator rather than the server
+(``StepRules.judge_server`` false: the Locust capacity profile) skips rules 5
+and 6: its steps are ok until Locust's CPU passes the threshold.
+
 A latency or failure breach must be confirmed: if the next (bigger) step is
 ok, the breach is relabelled ``transient`` and the run goes on; two breaches in
 a row, or a breach on the last step, make the limit (the first of them).
@@ -150,6 +154,14 @@ def _by_reason(a: dict | None, b: dict | None, part: str, key: str, skip=()) -> 
     return {k: v for k, v in out.items() if v}
 
 
+def _mean_ms(a: dict | None, b: dict | None, count: float | None) -> float | None:
+    """Mean of the scenario latency between two Locust samples (its histogram's sum)."""
+    before, after = _get(a, "locust", "latency_sum"), _get(b, "locust", "latency_sum")
+    if before is None or after is None or not count:
+        return None
+    return 1000.0 * (after - before) / count
+
+
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -186,6 +198,7 @@ class StepRow:
     latency_count: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    latency_mean_ms: float | None = None
     latency_over_slo_share: float | None = None
     server_fanout_p99_ms: float | None = None
     loop_lag_p99_ms: float | None = None
@@ -319,6 +332,7 @@ def summarize(
         latency_p50_ms=ms(prom.quantile(0.5, latency)),
         latency_p99_ms=ms(prom.quantile(limits.slo_quantile, latency)),
         latency_over_slo_share=prom.share_above(slo_s, latency),
+        latency_mean_ms=_mean_ms(lw_first, l_last, prom.count(latency)),
         server_fanout_p99_ms=ms(prom.quantile(0.99, server_fanout)),
         loop_lag_p99_ms=ms(prom.quantile(0.99, loop_lag)),
         requests=requests,
@@ -412,6 +426,8 @@ def judge(row: StepRow, limits: StepRules) -> Judgement:
         return Judgement(Outcome.INVALID, None, (
             f"load generator CPU {cpu:.0f}% > {limits.locust_cpu_saturated:.0f}%"
         ))  # fmt: skip
+    if not limits.judge_server:
+        return Judgement(Outcome.OK, None, "")
     if row.failure_ratio > limits.max_failure_ratio:
         return Judgement(limit, Criterion.FAILURES, (
             f"failures {100 * row.failure_ratio:.1f}% > {100 * limits.max_failure_ratio:.0f}%"
