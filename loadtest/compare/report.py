@@ -7,6 +7,7 @@ import html
 import json
 from pathlib import Path
 
+from loadtest import codefacts
 from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
 from loadtest.compare.profiles import Profile
 from loadtest.compare.steps import Outcome, StepRow
@@ -85,15 +86,6 @@ def to_json(value: object) -> object:
     return value.to_dict() if isinstance(value, StepRow) else str(value)
 
 
-def source_lines(root: Path) -> dict:
-    """Non-blank lines of Python in each server package (context for the simplicity claim)."""
-    out = {}
-    for kind, package in (("threaded", "threaded_server"), ("async", "async_server")):
-        files = sorted((root / package).glob("*.py"))
-        out[kind] = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
-    return out
-
-
 def write(
     out: Path,
     *,
@@ -119,7 +111,7 @@ def write(
     derived = {kind: figures.derive(run) for kind, run in runs.items()}
     why_broke = {kind: diagnosis.explain(run, machine["cpus"]) for kind, run in runs.items()}
     rows = headline(runs, derived)
-    lines = lines or source_lines(root)
+    lines = lines or codefacts.source_lines(root)  # context for the simplicity claim
     table = claims.evaluate(runs, derived, probes, lines) if set(KINDS) <= set(runs) else []
     plot_titles = plots.draw_all(
         [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
@@ -183,15 +175,16 @@ def write(
 
 # -- HTML ---------------------------------------------------------------------------
 
+# The one stylesheet of the project's reports (this one and make claims').
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums}
-.supported{background:#e3f6e3} .notsupported{background:#fde4e4} .notmeasured{color:#777}
-.invalid{color:#999} .limit{background:#fde4e4;font-weight:bold}
+.supported{background:#e3f6e3} .notsupported{background:#fde4e4}
+.notmeasured,.undecided{color:#777} .invalid{color:#999} .limit{background:#fde4e4;font-weight:bold}
 img{max-width:100%;border:1px solid #eee} code{background:#f5f5f5;padding:1px 3px}
-.small{font-size:12px;color:#555}
+pre{white-space:pre-wrap} .small{font-size:12px;color:#555}
 """
 
 
