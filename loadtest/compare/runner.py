@@ -258,7 +258,16 @@ class Mark:
 class StepDriver:
     """Drives one Locust run against a running server: samples, marks, judges, stops."""
 
-    def __init__(self, name, options, server, plan: StepPlan, window, pinning, cpu_budget) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: RunOptions,
+        server: ServerProcess,
+        plan: StepPlan,
+        window: float,
+        pinning: Pinning,
+        cpu_budget: CpuBudget | None,
+    ) -> None:
         self.name = name
         self.pinning = pinning
         self.options = options
@@ -388,56 +397,74 @@ class StepDriver:
             "files": sorted(p.name for p in out.glob(f"{self.name}-*")),
         }
 
-    def _loop(self, locust: subprocess.Popen, take) -> str:
-        """Sample once a second until the plan ends or the rows decide the run."""
-        limits = self.options.profile.limits
-        count = len(self.steps)
+    def _loop(self, locust: subprocess.Popen, take: Callable[[], dict]) -> str:
+        """Sample once a second until the plan ends or the rows decide the run; return why
+        it stopped."""
         started = time.time()
         deadline = started + STARTUP_GRACE + self.plan.duration + 15
         next_progress = 0.0
         while True:
             sample = take()
             now = sample["t"]
-            if self.t0 is None:
-                if steps._get(sample, "locust", "users"):
-                    self.t0 = now - 0.1  # polled every 0.2 s until here: the shape's start
-                    self.locust_rss_at_start = sample.get("locust_rss")
-                elif locust.poll() is not None or now - started > STARTUP_GRACE:
+            if self.t0 is None and not self._started(sample):
+                if locust.poll() is not None or now - started > STARTUP_GRACE:
                     return "Locust did not start"
-                else:
-                    time.sleep(0.2)
-                    continue
+                time.sleep(0.2)
+                continue
             self._due_marks(sample)
-            # Judge every step that has ended (1 s of slack so that its last sample is in).
-            while len(self.rows) < count and now >= self.t0 + self.steps[len(self.rows)].end + 1:
-                self.judge(len(self.rows))
-            if self.server.proc.poll() is not None:
-                if len(self.rows) < count:  # the step it died in, cut short
-                    self.marks.setdefault((len(self.rows), "to"), self.mark())
-                    self.judge(len(self.rows), end=now, exited=True)
-                return f"server exited with {self.server.proc.returncode}"
-            if steps.should_stop(self.rows, limits):
-                return next(
-                    (r.reason for r in self.rows if r.outcome == steps.Outcome.LIMIT),
-                    self.rows[-1].reason,
-                )
-            if len(self.rows) == count:
-                return "last step done"
-            if locust.poll() is not None:
-                # The shape ends Locust at the end of its last step: judge what is left.
-                while (
-                    len(self.rows) < count
-                    and now > self.t0 + self.steps[len(self.rows)].ramp_end + self.window / 2
-                ):
-                    self.marks.setdefault((len(self.rows), "to"), self.mark())
-                    self.judge(len(self.rows), end=now)
-                return f"Locust exited with {locust.returncode}"
-            if now > deadline:
-                return "deadline"
+            self._judge_ended(now)
+            stop = self._stop_reason(locust, now)
+            if stop is None and now > deadline:
+                stop = "deadline"
+            if stop is not None:
+                return stop
             if now >= next_progress:
                 next_progress = now + self.options.progress_every
                 self._progress()
             time.sleep(max(0.0, 1.0 - (time.time() - now)))
+
+    def _started(self, sample: dict) -> bool:
+        """Whether Locust's first user has started; sets the plan's time zero when it has."""
+        if not steps._get(sample, "locust", "users"):
+            return False
+        self.t0 = sample["t"] - 0.1  # polled every 0.2 s until here: the shape's start
+        self.locust_rss_at_start = sample.get("locust_rss")
+        return True
+
+    def _judge_ended(self, now: float) -> None:
+        """Judge every step that has ended (1 s of slack so that its last sample is in)."""
+        while len(self.rows) < len(self.steps):
+            if now < self.t0 + self.steps[len(self.rows)].end + 1:
+                break
+            self.judge(len(self.rows))
+
+    def _stop_reason(self, locust: subprocess.Popen, now: float) -> str | None:
+        """Why the run must stop now (None: it goes on). A server that exited, a limit or
+        too many invalid steps, the last step judged, or Locust gone; the step that was
+        under way when the server or Locust went is judged up to now."""
+        count = len(self.steps)
+        if self.server.proc.poll() is not None:
+            if len(self.rows) < count:  # the step it died in, cut short
+                self.marks.setdefault((len(self.rows), "to"), self.mark())
+                self.judge(len(self.rows), end=now, exited=True)
+            return f"server exited with {self.server.proc.returncode}"
+        if steps.should_stop(self.rows, self.options.profile.limits):
+            return next(
+                (r.reason for r in self.rows if r.outcome == steps.Outcome.LIMIT),
+                self.rows[-1].reason,
+            )
+        if len(self.rows) == count:
+            return "last step done"
+        if locust.poll() is not None:
+            # The shape ends Locust at the end of its last step: judge what is left.
+            while (
+                len(self.rows) < count
+                and now > self.t0 + self.steps[len(self.rows)].ramp_end + self.window / 2
+            ):
+                self.marks.setdefault((len(self.rows), "to"), self.mark())
+                self.judge(len(self.rows), end=now)
+            return f"Locust exited with {locust.returncode}"
+        return None
 
     def _progress(self) -> None:
         """One line: server, step, users, p99 and deliveries/s over the last few seconds."""
