@@ -107,8 +107,9 @@ def soak(args: argparse.Namespace, out: Path) -> dict:
     path = out / f"{result['name']}-samples.jsonl"
     samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steady_from = row.judged_from if row.judged_from is not None else row.end - args.duration
-    first, last = at(samples, steady_from, "server"), at(samples, row.end, "server")
     steady = [s for s in samples if steady_from <= s["t"] <= row.end]
+    answered = [s for s in steady if s.get("server")] or [None]
+    first, last = answered[0], answered[-1]
     thinned = [s for i, s in enumerate(samples) if i % max(1, round(args.sample_every)) == 0]
     baseline = result["baseline"] or {}
     start = _view(first)
@@ -133,7 +134,7 @@ def soak(args: argparse.Namespace, out: Path) -> dict:
         ),
         "said": _count(first, last, "received"),
         "delivered": _count(first, last, "delivered"),
-        "received": (row.fanout_receptions_per_s or 0) * row.window_s,
+        "received": _received(at(samples, steady_from, "locust"), at(samples, row.end, "locust")),
         "fanout_p50_ms": _round(row.latency_p50_ms),
         "fanout_p99_ms": _round(row.latency_p99_ms),
         "failures": {k: v for k, v in failures.items() if v},
@@ -144,6 +145,14 @@ def soak(args: argparse.Namespace, out: Path) -> dict:
         "exit_code": result["server_exit"],
         "samples": [_view(s) for s in thinned],
     }
+
+
+def _received(a: dict | None, b: dict | None) -> float | None:
+    """Messages Locust's users received between two samples (fan-out copies and acks)."""
+    if not a or not b:
+        return None
+    before, after = a["locust"]["requests"], b["locust"]["requests"]
+    return sum(after.get(name, 0.0) - before.get(name, 0.0) for name in ("fanout", "ack"))
 
 
 def _round(value: float | None) -> float | None:
