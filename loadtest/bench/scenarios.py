@@ -17,34 +17,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from loadtest.bench import worker as worker_module
-from loadtest.bench.servers import (
-    UNLIMITED,
-    Running,
-    Spec,
-    cpu_seconds,
-    exact_cpu_seconds,
-    footprint,
-)
+from loadtest.bench.servers import UNLIMITED, CpuReading, Running, Spec, cpu_seconds, footprint
 from loadtest.bench.servers import start as start_spec
 
 HOST = "127.0.0.1"
 SATURATED = 0.9  # a CPU busier than this is the bottleneck
-
-
-class CpuReading(NamedTuple):
-    """A server's CPU seconds at one moment: exact (its threads' schedstat) and
-    tick-sampled for the whole process (``/proc/<pid>/stat``, kept for comparison)."""
-
-    exact: float
-    ticks: float
-    t: float
-
-    @classmethod
-    def now(cls, pid: int) -> CpuReading:
-        return cls(exact_cpu_seconds(pid)[0], cpu_seconds(pid), time.monotonic())
 
 
 @dataclass(frozen=True)
