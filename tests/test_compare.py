@@ -346,8 +346,10 @@ def test_a_cpu_budget_throttles_a_busy_process_and_is_removed():
 
 def test_the_runner_imports_no_locust():
     """Locust's import patches the whole process with gevent: the runner, its
-    report and the tests that import them must not pull it in."""
-    modules = ["loadtest.compare.__main__", "loadtest.compare.knee", "loadtest.stepplan"]
+    report, the benchmarks that run it and the tests that import them must not pull
+    it in."""
+    modules = ["loadtest.compare.__main__", "loadtest.compare.knee", "loadtest.stepplan",
+               "loadtest.capacity_bench", "loadtest.soak"]  # fmt: skip
     code = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; " + (
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent')))"
     )
