@@ -177,11 +177,12 @@ def markdown(kind: str, result: dict, date: str) -> str:
     s, e, d = result["start"], result["end"], result["drift"]
     failures = ", ".join(f"{k}: {v:,.0f}" for k, v in result["failures"].items()) or "none"
     step = result["step"]
+    minutes = round(result["duration_s"] / 60, 1)  # the judged window: 119.2 s is "2 min"
     return "\n".join([
         f"### Soak, {kind} server ({date})",
         "",
         f"{result['users']} users ({result['users_source']}), rooms of {result['room_size']}, "
-        f"one message every {result['say_every']:g} s each, {result['duration_s'] / 60:g} min "
+        f"one message every {result['say_every']:g} s each, {minutes:g} min "
         f"steady after a {result['ramp_s']:.0f} s ramp.",
         "",
         "| | start | end | slope |",
