@@ -5,28 +5,34 @@
     python -m loadtest.capacity_bench idle     # concurrent idle users one process holds
     python -m loadtest.capacity_bench all      # cost, then fanout (make loadtest-capacity)
 
-Each mode starts a server (async by default; ``--server threaded``) and one
-standalone Locust process running this project's locustfile, on loopback.
-Where ``taskset`` exists and there are two CPUs or more, the server is pinned
-to CPU 0 and Locust to CPU 1, so that each has its own core.
+Each mode is a run of the comparison runner (:func:`loadtest.compare.runner.run_server`)
+with the Locust capacity profile (:func:`loadtest.compare.profiles.locust_capacity`):
+a fresh server (async by default; ``--server threaded``) on CPU 0 and one
+Locust process running this project's locustfile on CPU 1 (where ``taskset``
+exists and there are two CPUs or more), one sample per second, each step
+judged on its last seconds once the server holds its users. The profile judges
+Locust, not the server: latency and failures never end the run, and the first
+step in which Locust averages more than 90 % of a core does.
 
-``cost`` runs the ``chat`` scenario at a fixed user count (4,000 by default),
-waits for the ramp and a settling time, then reads over a steady window
-(20 s by default): the CPU seconds of the Locust process (``/proc`` through
-psutil: user + system) and the server's ``chat_messages_delivered_total``.
-Locust CPU divided by the messages the server delivered in that window is the
-cost of one received message, everything included (the receive path, the
-tasks that send, Locust's own stats and reporting). ``--repeat N`` runs it N
-times, each with a fresh server and Locust, and reports the spread. The
-machine's load average is recorded with each run: other work on a shared
-machine slows Locust down and shows up as a higher figure.
+``cost`` is one step of the ``chat`` scenario at a fixed user count (4,000 by
+default), held ``--settle`` + ``--window`` seconds and judged on the last
+``--window`` (20 s by default): the CPU of the Locust process (psutil: user +
+system) divided by the messages the server delivered in that window
+(``chat_messages_delivered_total``) is the cost of one received message,
+everything included (the receive path, the tasks that send, Locust's own stats
+and reporting). The server's CPU is its threads' (``/proc/PID/task/*/schedstat``).
+``--repeat N`` runs it N times, each with a fresh server and Locust, and
+reports the spread. The machine's load average before and after each run and
+the CPU other processes used in its window are recorded: other work on a
+shared machine slows Locust down and shows up as a higher figure.
 
-``fanout`` and ``idle`` run the step shape and sample Locust's exporter, the
-server's metrics and Locust's CPU every second; each step is judged on its
-last ``--window`` seconds (ramp excluded), and a step whose mean CPU passes
-90 % ends the run.
+``fanout`` and ``idle`` step the users up (``--fanout-step`` … ``--fanout-max``,
+``--idle-step`` … ``--idle-max``), each step judged on its last
+``--step-window`` seconds.
 
-Results are printed and written to ``reports/capacity-<mode>-<timestamp>/capacity.json``.
+Results are printed and written to ``reports/capacity-<mode>-<timestamp>/capacity.json``,
+beside the runner's raw files (``<server>-samples.jsonl``, Locust's CSVs and log,
+the server's log).
 """
 
 from __future__ import annotations
@@ -34,46 +40,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
+from loadtest import machine
+from loadtest.compare import figures, runner
+from loadtest.compare.profiles import LOCUST_CAPACITY_RULES, Profile, locust_capacity
+from loadtest.compare.steps import StepRow
+from loadtest.serverproc import PROJECT_ROOT
 
-from loadtest import pinning, prom
-from loadtest.locustcmd import locust_command
-from loadtest.serverproc import (
-    PROJECT_ROOT,
-    ServerProcess,
-    free_port,
-    running_server,
-    stop_process,
-)
-
-LOCUST_CPU = 1  # one Locust process, on the first CPU after the server's
-SATURATED = 90.0  # % of one core
-
-
-@dataclass
-class Step:
-    users_target: int
-    users: float = 0.0
-    server_connections: float = 0.0
-    locust_cpu_percent: float = 0.0
-    server_cpu_percent: float = 0.0
-    locust_rss_mib: float = 0.0
-    receptions_per_s: float = 0.0
-    fanout_per_s: float = 0.0
-    ack_per_s: float = 0.0
-    deliveries_per_s: float = 0.0
-    locust_us_per_delivery: float = 0.0
-    fanout_avg_ms: float = 0.0
-    failures: float = 0.0
-    samples: list[dict] = field(default_factory=list, repr=False)
+SATURATED = LOCUST_CAPACITY_RULES.locust_cpu_saturated  # % of one core
 
 
 @dataclass
@@ -88,6 +67,27 @@ class CostRun:
     failures: float
     loadavg_before: tuple[float, float, float]
     loadavg_after: tuple[float, float, float]
+    other_cpu_cores: float | None = None  # other processes on the machine, in the window
+
+    @classmethod
+    def from_row(
+        cls, row: StepRow, before: tuple[float, float, float], after: tuple[float, float, float]
+    ) -> CostRun:
+        seconds = row.window_s
+        server_cores = row.cpu_cores_exact
+        if server_cores is None:
+            server_cores = row.server_cpu_cores or 0.0
+        return cls(
+            users=row.users or 0.0,
+            window_s=seconds,
+            deliveries=(row.deliveries_per_s or 0.0) * seconds,
+            locust_cpu_s=(row.locust_cpu_mean or 0.0) / 100 * seconds,
+            server_cpu_s=server_cores * seconds,
+            failures=row.failures,
+            loadavg_before=before,
+            loadavg_after=after,
+            other_cpu_cores=row.other_cpu_cores,
+        )
 
     @property
     def locust_us_per_delivery(self) -> float:
@@ -108,63 +108,37 @@ class CostRun:
         }
 
 
-def scrape(url: str) -> dict:
-    """A scrape flattened by :func:`loadtest.prom.parse` (empty when nobody answers)."""
-    return prom.scrape(url) or {}
-
-
-FAILURES = "locust_failures_total{name="  # the key prefix of Locust's failures, per name
-FANOUT_SUM, FANOUT_COUNT = (
-    f"locust_response_time_seconds_{part}{{name=fanout}}" for part in ("sum", "count")
-)
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
-def start_locust(server: ServerProcess, out_dir: Path, exporter_port: int, *args: str):
-    command = locust_command(
-        server.url,
-        "--headless",
-        "--only-summary",
-        "--exporter-port",
-        str(exporter_port),
-        "--stop-timeout",
-        "5",
-        "--csv",
-        str(out_dir / "locust"),
-        *args,
-    )
-    if pinning.available():
-        command = pinning.on_cpus(command, LOCUST_CPU)
-    print("$", " ".join(command), flush=True)
-    with open(out_dir / "locust.log", "ab") as log:
-        return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=log)
-
-
-def wait_for_users(locust, metrics_url: str, users: int, timeout: float) -> float:
-    """Wait until Locust runs ``users`` users; return the count reached."""
-    deadline = time.monotonic() + timeout
-    running = 0.0
-    while time.monotonic() < deadline and locust.poll() is None:
-        running = scrape(metrics_url).get("locust_users", 0.0)
-        if running >= users:
-            break
-        time.sleep(0.5)
-    return running
+def run_profile(
+    args: argparse.Namespace, out_dir: Path, prof: Profile, scenario: str, locust_args: list[str]
+) -> dict:
+    """One run of the comparison runner through ``prof``: a fresh server and one Locust."""
+    options = runner.RunOptions(
+        prof, scenario, out_dir, runner.Pinning.one_locust(),
+        locust_args=[*locust_args, *args.locust_arg],
+        server_args=["--max-connections", str(max(prof.levels()) + 1000)],
+        label="capacity",
+    )  # fmt: skip
+    return runner.run_server(args.server, options)
 
 
 # -- cost: µs of Locust CPU per delivered message ---------------------------------------
 
 
 def run_cost(args: argparse.Namespace, out_dir: Path) -> list[CostRun]:
+    prof = locust_capacity(
+        "capacity-cost", [args.users], step_time=args.settle + args.window, window=args.window,
+        spawn_rate=args.spawn_rate,
+    )  # fmt: skip
     runs: list[CostRun] = []
     for i in range(args.repeat):
         run_dir = out_dir / f"run{i + 1}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        run = _cost_once(args, run_dir)
+        before = os.getloadavg()
+        result = run_profile(args, run_dir, prof, "chat", [])
+        row = result["steps"][-1] if result["steps"] else None
+        if row is None or not row.settled:
+            raise RuntimeError(f"Locust did not hold {args.users} users; see {run_dir}")
+        run = CostRun.from_row(row, before, os.getloadavg())
         runs.append(run)
         print(
             f"run {i + 1}: {run.users:.0f} users, {run.deliveries / run.window_s:,.0f} "
@@ -177,72 +151,11 @@ def run_cost(args: argparse.Namespace, out_dir: Path) -> list[CostRun]:
     return runs
 
 
-def _cost_once(args: argparse.Namespace, out_dir: Path) -> CostRun:
-    exporter_port = free_port()
-    server_args = ["--max-connections", str(args.users + 1000)]
-    with running_server(
-        args.server,
-        *server_args,
-        cpu=pinning.SERVER_CPU if pinning.available() else None,
-        log_path=out_dir / "server.log",
-    ) as server:
-        locust = start_locust(
-            server,
-            out_dir,
-            exporter_port,
-            "--scenario",
-            "chat",
-            "-u",
-            str(args.users),
-            "-r",
-            str(args.spawn_rate),
-            *args.locust_arg,
-        )
-        metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
-        try:
-            ramp_timeout = 60 + 2 * args.users / args.spawn_rate
-            users = wait_for_users(locust, metrics_url, args.users, ramp_timeout)
-            if users < args.users:
-                raise RuntimeError(f"Locust ran {users:.0f} of {args.users} users; see {out_dir}")
-            time.sleep(args.settle)
-            proc = psutil.Process(locust.pid)  # taskset execs in place: the pid is Locust's
-            server_proc = psutil.Process(server.pid)
-            before = _cost_sample(proc, server_proc, server, metrics_url)
-            time.sleep(args.window)
-            after = _cost_sample(proc, server_proc, server, metrics_url)
-        finally:
-            stop_process(locust, timeout=60)
-    return CostRun(
-        users=after["users"],
-        window_s=after["t"] - before["t"],
-        deliveries=after["delivered"] - before["delivered"],
-        locust_cpu_s=after["locust_cpu"] - before["locust_cpu"],
-        server_cpu_s=after["server_cpu"] - before["server_cpu"],
-        failures=after["failures"],
-        loadavg_before=before["loadavg"],
-        loadavg_after=after["loadavg"],
-    )
-
-
-def _cost_sample(proc, server_proc, server: ServerProcess, metrics_url: str) -> dict:
-    locust_values = scrape(metrics_url)
-    sample = {
-        "t": time.monotonic(),
-        "locust_cpu": cpu_seconds(proc),
-        "server_cpu": cpu_seconds(server_proc),
-        "delivered": scrape(server.metrics_url).get("chat_messages_delivered_total", 0.0),
-        "loadavg": os.getloadavg(),
-    }
-    sample["users"] = locust_values.get("locust_users", 0.0)
-    sample["failures"] = sum(v for k, v in locust_values.items() if k.startswith(FAILURES))
-    return sample
-
-
 def summarize_cost(runs: list[CostRun]) -> str:
-    figures = [r.locust_us_per_delivery for r in runs]
+    figures_ = [r.locust_us_per_delivery for r in runs]
     text = (
-        f"cost: Locust {statistics.median(figures):.1f} µs of CPU per delivered message "
-        f"(median of {len(runs)}: {', '.join(f'{f:.1f}' for f in figures)})"
+        f"cost: Locust {statistics.median(figures_):.1f} µs of CPU per delivered message "
+        f"(median of {len(runs)}: {', '.join(f'{f:.1f}' for f in figures_)})"
     )
     if runs:
         rate = statistics.median(r.deliveries / r.window_s for r in runs)
@@ -254,123 +167,55 @@ def summarize_cost(runs: list[CostRun]) -> str:
 # -- fanout and idle: step shape until saturation ----------------------------------------
 
 
-def run_steps(mode: str, args: argparse.Namespace, out_dir: Path) -> list[Step]:
+def run_steps(mode: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
+    """Step the users up until Locust saturates; one capacity.json row per step."""
     if mode == "idle":
-        plan = dict(start=args.idle_step, step=args.idle_step, max=args.idle_max, time=25.0)
-        locust_args = ["--scenario", "idle", "--room-size", "25", "--step-spawn-rate", "250"]
-        server_args = ["--max-connections", str(args.idle_max + 1000)]
+        start, step, top, step_time, spawn_rate = (
+            args.idle_step, args.idle_step, args.idle_max, 25.0, 250.0
+        )  # fmt: skip
+        scenario, locust_args = "idle", ["--room-size", "25"]
     else:
-        plan = dict(start=args.fanout_step, step=args.fanout_step, max=args.fanout_max, time=20.0)
-        locust_args = [
-            "--scenario",
-            "chat",
-            "--room-size",
-            str(args.room_size),
-            "--say-every",
-            str(args.say_every),
-            "--step-spawn-rate",
-            "200",
-        ]
-        server_args = ["--max-connections", str(args.fanout_max + 1000)]
-    exporter_port = free_port()
-    with running_server(
-        args.server,
-        *server_args,
-        cpu=pinning.SERVER_CPU if pinning.available() else None,
-        log_path=out_dir / "server.log",
-    ) as server:
-        locust = start_locust(
-            server,
-            out_dir,
-            exporter_port,
-            "--step-start",
-            str(plan["start"]),
-            "--step-users",
-            str(plan["step"]),
-            "--step-max",
-            str(plan["max"]),
-            "--step-time",
-            str(plan["time"]),
-            *locust_args,
-            *args.locust_arg,
-        )
-        try:
-            return _observe(locust, server, exporter_port, plan, args.step_window)
-        finally:
-            stop_process(locust, timeout=60)
-
-
-def _observe(locust, server, exporter_port, plan, window) -> list[Step]:
-    proc = psutil.Process(locust.pid)
-    server_proc = psutil.Process(server.pid)
-    metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
-    levels = list(range(plan["start"], plan["max"] + 1, plan["step"]))
-    # Align the step clock with Locust's: its first step starts with the first user.
-    wait_for_users(locust, metrics_url, 1, 60)
-    start = time.monotonic() - 0.2
-    steps: list[Step] = []
-    for i, users_target in enumerate(levels):
-        step = Step(users_target)
-        step_end = start + (i + 1) * plan["time"]
-        # Stop sampling 2 s before Locust's next ramp (a sample takes up to ~1.5 s).
-        while time.monotonic() < step_end - 2.0 and locust.poll() is None:
-            time.sleep(1.0)
-            values = scrape(metrics_url)
-            server_values = scrape(server.metrics_url)
-            try:
-                cpu = cpu_seconds(proc)
-                rss = proc.memory_info().rss
-                server_cpu = cpu_seconds(server_proc)
-            except psutil.Error:
-                break
-            values.update(
-                t=time.monotonic(),
-                cpu=cpu,
-                server_cpu=server_cpu,
-                rss=rss,
-                server_connections=server_values.get("chat_connections", 0.0),
-                delivered=server_values.get("chat_messages_delivered_total", 0.0),
-            )
-            step.samples.append(values)
-        tail = [s for s in step.samples if s["t"] >= step_end - window - 2.0]
-        if len(tail) >= 2:
-            _judge(step, tail[0], tail[-1])
-        steps.append(step)
+        start, step, top, step_time, spawn_rate = (
+            args.fanout_step, args.fanout_step, args.fanout_max, 20.0, 200.0
+        )  # fmt: skip
+        scenario = "chat"
+        locust_args = ["--room-size", str(args.room_size), "--say-every", str(args.say_every)]
+    levels = list(range(start, top + 1, step))
+    step_time = args.step_time or step_time
+    prof = locust_capacity(f"capacity-{mode}", levels, step_time, args.step_window, spawn_rate)
+    result = run_profile(args, out_dir, prof, scenario, locust_args)
+    rows = [step_figures(row, fanout=scenario == "chat") for row in result["steps"]]
+    for row in rows:
         print(
-            f"users {step.users:6.0f}/{users_target:<6d} "
-            f"locust CPU {step.locust_cpu_percent:5.1f}% RSS {step.locust_rss_mib:5.0f} MiB "
-            f"server CPU {step.server_cpu_percent:5.1f}% "
-            f"receptions {step.receptions_per_s:8.0f}/s "
-            f"({step.locust_us_per_delivery:5.1f} µs each, avg fanout "
-            f"{step.fanout_avg_ms:6.1f} ms) failures {step.failures:.0f}",
+            f"users {row['users']:6.0f}/{row['users_target']:<6d} "
+            f"locust CPU {row['locust_cpu_percent']:5.1f}% RSS {row['locust_rss_mib']:5.0f} MiB "
+            f"server CPU {row['server_cpu_percent']:5.1f}% "
+            f"receptions {row['receptions_per_s']:8.0f}/s "
+            f"({row['locust_us_per_delivery']:5.1f} µs each, avg fanout "
+            f"{row['fanout_avg_ms']:6.1f} ms) failures {row['failures']:.0f}",
             flush=True,
         )
-        if locust.poll() is not None or step.locust_cpu_percent > SATURATED:
-            break
-    return steps
+    return rows
 
 
-def _judge(step: Step, first: dict, last: dict) -> None:
-    dt = last["t"] - first["t"]
-
-    def rate(key: str) -> float:
-        return (last.get(key, 0.0) - first.get(key, 0.0)) / dt
-
-    step.users = last.get("locust_users", 0.0)
-    step.server_connections = last["server_connections"]
-    step.locust_cpu_percent = 100.0 * rate("cpu")
-    step.server_cpu_percent = 100.0 * rate("server_cpu")
-    step.locust_rss_mib = last["rss"] / 2**20
-    step.fanout_per_s = rate("locust_requests_total{name=fanout}")
-    step.ack_per_s = rate("locust_requests_total{name=ack}")
-    step.receptions_per_s = step.fanout_per_s + step.ack_per_s
-    step.deliveries_per_s = rate("delivered")
-    if step.deliveries_per_s:
-        step.locust_us_per_delivery = 1e6 * rate("cpu") / step.deliveries_per_s
-    count = last.get(FANOUT_COUNT, 0.0) - first.get(FANOUT_COUNT, 0.0)
-    total = last.get(FANOUT_SUM, 0.0) - first.get(FANOUT_SUM, 0.0)
-    step.fanout_avg_ms = 1000.0 * total / count if count else 0.0
-    step.failures = sum(v for k, v in last.items() if k.startswith(FAILURES))
+def step_figures(row: StepRow, fanout: bool) -> dict:
+    """A step as capacity.json keeps it (0 where the samples gave no figure)."""
+    server_cores = row.cpu_cores_exact if row.cpu_cores_exact is not None else row.server_cpu_cores
+    return {
+        "users_target": row.users_target,
+        "users": row.users or 0.0,
+        "server_connections": row.connections or 0.0,
+        "locust_cpu_percent": row.locust_cpu_mean or 0.0,
+        "server_cpu_percent": 100.0 * (server_cores or 0.0),
+        "locust_rss_mib": (row.locust_rss_bytes or 0) / 2**20,
+        "receptions_per_s": row.fanout_receptions_per_s or 0.0,
+        "deliveries_per_s": row.deliveries_per_s or 0.0,
+        "locust_us_per_delivery": figures.locust_us_per_delivery(row) or 0.0,
+        "fanout_avg_ms": (row.latency_mean_ms or 0.0) if fanout else 0.0,
+        "failures": row.failures,
+        "outcome": row.outcome,
+        "reason": row.reason,
+    }
 
 
 def summarize_steps(mode: str, server: str, steps: list[dict]) -> str:
@@ -410,16 +255,16 @@ def summarize_steps(mode: str, server: str, steps: list[dict]) -> str:
 
 
 def run(mode: str, args: argparse.Namespace) -> tuple[dict, str]:
-    out_dir = PROJECT_ROOT / "reports" / f"capacity-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = args.reports / f"capacity-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    pinned = runner.Pinning.one_locust()
     result: dict = {
         "mode": mode,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
+        "machine": machine.one_line(),
         "server": args.server,
-        "pinned": {"server_cpu": pinning.SERVER_CPU, "locust_cpu": LOCUST_CPU}
-        if pinning.available()
+        "pinned": {"server_cpu": pinned.server_cpu, "locust_cpu": int(pinned.locust_cpus)}
+        if pinned.server_cpu is not None
         else None,
         "locust_args": args.locust_arg,
         "report_dir": str(out_dir),
@@ -429,10 +274,7 @@ def run(mode: str, args: argparse.Namespace) -> tuple[dict, str]:
         result.update(users=args.users, window_s=args.window, runs=[r.as_dict() for r in runs])
         summary = summarize_cost(runs)
     else:
-        steps = [
-            {k: v for k, v in asdict(s).items() if k != "samples"}
-            for s in run_steps(mode, args, out_dir)
-        ]
+        steps = run_steps(mode, args, out_dir)
         result["steps"] = steps
         summary = summarize_steps(mode, args.server, steps)
     result["summary"] = summary
@@ -458,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_argument("--room-size", type=int, default=50)
     steps.add_argument("--say-every", type=float, default=2.0)
     steps.add_argument("--step-window", type=float, default=8.0, help="steady seconds/step")
+    steps.add_argument(
+        "--step-time", type=float, help="seconds each step is held (default 20; idle 25)"
+    )
+    parser.add_argument("--reports", type=Path, default=PROJECT_ROOT / "reports")
     parser.add_argument(
         "--locust-arg",
         action="append",

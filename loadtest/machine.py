@@ -100,6 +100,11 @@ def describe(pinning: dict | None, root: Path) -> dict:
     }
 
 
+def one_line() -> str:
+    """The machine in one line, as the benchmarks' JSON and Markdown print it."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
 def _os_release() -> str | None:
     for line in (_read("/etc/os-release") or "").splitlines():
         if line.startswith("PRETTY_NAME="):

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from loadtest.claims import codefacts, verdicts
+from loadtest import codefacts
+from loadtest.claims import verdicts
 from loadtest.serverproc import PROJECT_ROOT
 
 BREAKAGES = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",

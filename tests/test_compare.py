@@ -131,17 +131,10 @@ def test_make_compare_runs_the_runner_with_profile_and_scenario():
     assert "pip install" in result.stdout  # on a fresh clone the venv target installs first
 
 
-def _row(**changes) -> dict:
-    row = {
-        "server_up": True,
-        "rejected": {},
-        "connects": 100.0,
-        "connect_failures": 0.0,
-        "locust_cpu_mean": 50.0,
-        "failure_ratio": 0.0,
-        "latency_over_slo_share": 0.0,
-    }
-    return {**row, **changes}
+def _row(index: int = 0, users_target: int = 100, **changes) -> steps.StepRow:
+    """A healthy step row (100 connects, Locust at 50 %, nothing over the SLO), changed."""
+    row = {"connects": 100.0, "locust_cpu_mean": 50.0, "latency_over_slo_share": 0.0}
+    return steps.StepRow(index, users_target, start=0.0, end=10.0, **{**row, **changes})
 
 
 @pytest.mark.parametrize(
@@ -200,11 +193,8 @@ def test_sockstat_reads_the_kernels_tcp_figures(tmp_path):
 
 def test_two_invalid_steps_end_the_run_as_not_reached():
     """Two saturated steps in a row: the load generator, not the server, was the limit."""
-    rows = [
-        {"index": 0, "users_target": 100, "outcome": "ok", "reason": ""},
-        {"index": 1, "users_target": 200, "outcome": "invalid", "reason": "cpu"},
-        {"index": 2, "users_target": 300, "outcome": "invalid", "reason": "cpu"},
-    ]
+    invalid = {"outcome": steps.Outcome.INVALID, "reason": "cpu"}
+    rows = [_row(0, 100), _row(1, 200, **invalid), _row(2, 300, **invalid)]
     assert steps.should_stop(rows, StepRules())
     limit = steps.verdict(rows, StepRules(), finished=False)
     assert not limit["reached"]
@@ -214,17 +204,15 @@ def test_two_invalid_steps_end_the_run_as_not_reached():
 
 def test_a_breach_followed_by_an_ok_step_is_transient_and_two_in_a_row_are_the_limit():
     """One SLO breach then an ok step: transient; two breaches in a row: the first is the limit."""
-    breach = {"outcome": "limit", "reason": "p99 over SLO"}
-    rows = [
-        {"index": 0, "users_target": 100, **breach},
-        {"index": 1, "users_target": 200, "outcome": "ok", "reason": ""},
-        {"index": 2, "users_target": 300, **breach},
-    ]
+    breach = {
+        "outcome": steps.Outcome.LIMIT, "criterion": steps.Criterion.SLO, "reason": "p99 over SLO"
+    }  # fmt: skip
+    rows = [_row(0, 100, **breach), _row(1, 200), _row(2, 300, **breach)]
     assert not steps.should_stop(rows, StepRules())
-    rows.append({"index": 3, "users_target": 400, **breach})
+    rows.append(_row(3, 400, **breach))
     assert steps.should_stop(rows, StepRules())
     limit = steps.verdict(rows, StepRules(), finished=False)
-    assert rows[0]["outcome"] == "transient"
+    assert rows[0].outcome == steps.Outcome.TRANSIENT
     assert (limit["users"], limit["last_ok_users"]) == (300, 200)
 
 
@@ -245,9 +233,9 @@ def test_a_missed_locust_scrape_does_not_turn_a_step_into_the_whole_run():
 
     samples = [sample(t, 1000 + 100 * t, locust=(t != 5)) for t in range(0, 11)]
     row = steps.summarize(0, 10, 0.0, 10.0, 5.0, samples, StepRules())
-    assert row["latency_count"] == pytest.approx(600)  # t=4 (t=5 missed) to t=10, not 2,000
-    assert row["fanout_receptions_per_s"] == pytest.approx(100)
-    assert row["server_up"] and row["outcome"] == "ok"
+    assert row.latency_count == pytest.approx(600)  # t=4 (t=5 missed) to t=10, not 2,000
+    assert row.fanout_receptions_per_s == pytest.approx(100)
+    assert row.server_up and row.outcome == steps.Outcome.OK
 
 
 def test_histogram_quantile_and_share_above_the_slo():
@@ -289,8 +277,7 @@ def test_narrowing_brackets_the_limit_within_the_profile_precision(name):
 
 
 def _narrow(index, users, outcome, reason=""):
-    return {"index": index, "users_target": users, "outcome": outcome, "reason": reason,
-            "phase": "narrow"}  # fmt: skip
+    return _row(index, users, outcome=steps.Outcome(outcome), reason=reason, phase="narrow")
 
 
 def test_narrowing_rows_move_the_limit_and_the_last_good_step():
@@ -314,11 +301,12 @@ def test_narrowing_rows_move_the_limit_and_the_last_good_step():
 def test_the_report_explains_a_limit_from_its_own_figures():
     """The why-it-broke text quotes the CPU, waiting and switch figures of the last good
     and the breached step, and reads "out of CPU" only when the budget was used up."""
-    good = {"index": 0, "users_target": 1000, "cpu_cores_exact": 0.30, "wait_to_run_per_s": 0.1,
-            "threads": 1002, "deliveries_per_s": 5000.0, "loop_lag_p99_ms": None}  # fmt: skip
-    bad = {**good, "index": 1, "users_target": 1500, "cpu_cores_exact": 0.49,
-           "wait_to_run_per_s": 2.5, "threads": 1503, "rss_bytes": 2**27, "open_fds": 1510,
-           "connections": 1500}  # fmt: skip
+    good = _row(0, 1000, cpu_cores_exact=0.30, wait_to_run_per_s=0.1, threads=1002,
+                deliveries_per_s=5000.0)  # fmt: skip
+    bad = _row(1, 1500, cpu_cores_exact=0.49, wait_to_run_per_s=2.5, threads=1503,
+               deliveries_per_s=5000.0, rss_bytes=2**27, open_fds=1510, connections=1500,
+               outcome=steps.Outcome.LIMIT, criterion=steps.Criterion.SLO,
+               reason="p99 over SLO")  # fmt: skip
     run = {"kind": "threaded", "server_cpus": 0.5, "pinning": {"server_cpu": 0},
            "steps": [good, bad], "locust_failures": [],
            "limit": {"reached": True, "users": 1500, "criterion": "p99 over SLO",
@@ -358,8 +346,10 @@ def test_a_cpu_budget_throttles_a_busy_process_and_is_removed():
 
 def test_the_runner_imports_no_locust():
     """Locust's import patches the whole process with gevent: the runner, its
-    report and the tests that import them must not pull it in."""
-    modules = ["loadtest.compare.__main__", "loadtest.compare.knee", "loadtest.stepplan"]
+    report, the benchmarks that run it and the tests that import them must not pull
+    it in."""
+    modules = ["loadtest.compare.__main__", "loadtest.compare.knee", "loadtest.stepplan",
+               "loadtest.capacity_bench", "loadtest.soak"]  # fmt: skip
     code = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; " + (
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent')))"
     )
@@ -372,8 +362,8 @@ def test_the_runner_imports_no_locust():
 def test_a_wall_is_named_from_its_own_evidence():
     """The report's sentence for a wall quotes the refusals by reason, the threads held, the
     server's own warning and the kernel's refused thread starts, from the run that hit it."""
-    row = {"index": 3, "run": "threaded-narrow-31000", "rejected": {"threads": 412.0},
-           "threads": 30610.0, "connections": 30570.0}  # fmt: skip
+    row = _row(3, 31000, run="threaded-narrow-31000", rejected={"threads": 412.0},
+               threads=30610.0, connections=30570.0)  # fmt: skip
     warning = (
         "2026-12-03 07:00:00,000 WARNING twinchat.threaded: cannot start a thread (can't start "
         "new thread) with 5102 threads and 5095 connections; refusing new connections with 503"
@@ -393,3 +383,16 @@ def test_a_wall_is_named_from_its_own_evidence():
     assert "cannot start a thread (can't start new thread) with 5102 threads" in text
     assert "refused 412 thread starts at the task cap of 30,675" in text
     assert walls.describe({**run, "limit": {"reached": False}}, {}) is None
+
+
+def test_a_step_row_reads_back_from_summary_json_of_this_and_older_versions():
+    """A row survives to_dict/from_dict unchanged; a row written before the criterion was
+    stored gets it from its words, and keys a row no longer has are dropped."""
+    row = _row(2, 300, outcome=steps.Outcome.LIMIT, criterion=steps.Criterion.REFUSED,
+               reason="refused (3 rejected)", rejected={"capacity": 3.0})  # fmt: skip
+    assert steps.StepRow.from_dict(json.loads(json.dumps(row.to_dict()))) == row
+    old = {k: v for k, v in row.to_dict().items() if k not in ("criterion", "tcp_sockets")}
+    old["retired_figure"] = 1.0
+    read = steps.StepRow.from_dict(json.loads(json.dumps(old)))
+    assert read.criterion == steps.Criterion.REFUSED and read.outcome == steps.Outcome.LIMIT
+    assert read.tcp_sockets is None

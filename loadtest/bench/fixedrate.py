@@ -34,7 +34,7 @@ import subprocess
 import time
 
 from loadtest.bench.scenarios import HOST, SATURATED, Runner, Sizes, sleep_until, split
-from loadtest.bench.servers import Spec, cpu_seconds, exact_cpu_seconds, machine_cpu
+from loadtest.bench.servers import CpuReading, Spec
 
 DELIVERED = "chat_messages_delivered_total"
 SCRAPE_LEAD = 0.2  # s between reading the server's count and the start of the CPU window
@@ -83,14 +83,10 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
         sleep_until(measure_at - SCRAPE_LEAD)
         counted0 = server.counter(DELIVERED), time.monotonic()
         sleep_until(measure_at)
-        cpu0, threads0 = exact_cpu_seconds(server.pid)
-        ticks0, machine0 = cpu_seconds(server.pid), machine_cpu()
-        t0 = time.monotonic()
+        before = CpuReading.now(server.pid)
         perf = _perf(runner, server.pid, f"{spec.name}-fixed-rate-{label}")
         sleep_until(end_at)
-        cpu1, threads1 = exact_cpu_seconds(server.pid)
-        ticks1, machine1 = cpu_seconds(server.pid), machine_cpu()
-        t1 = time.monotonic()
+        after = CpuReading.now(server.pid)
         counted1 = server.counter(DELIVERED), time.monotonic()
         if perf is not None:
             _finish(perf)
@@ -99,15 +95,16 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
         alive = server.alive()
     finally:
         server.stop()
-    threads, counted = (threads0, threads1), (counted0, counted1)
-    row = _row(spec, sizes, connected, runs, t1 - t0, cpu1 - cpu0, threads, counted, alive)
-    row["server_cpu_seconds_proc_stat"] = round(ticks1 - ticks0, 3)  # for comparison only
+    seconds, server_cpu = after.t - before.t, after.exact - before.exact
+    threads, counted = (before.threads, after.threads), (counted0, counted1)
+    row = _row(spec, sizes, connected, runs, seconds, server_cpu, threads, counted, alive)
+    row["server_cpu_seconds_proc_stat"] = round(after.ticks - before.ticks, 3)  # comparison
     # What else ran: the machine's busy CPUs less the server and the load client (the
     # coordinator's share is small), and the time the hypervisor gave to other guests.
-    busy, steal = (b - a for a, b in zip(machine0, machine1, strict=True))
+    busy, steal = (b - a for a, b in zip(before.machine, after.machine, strict=True))
     client_cpu = row["client_cpu_util"] * row["seconds"]
-    row["others_cpu_util"] = round(max(0.0, busy - (cpu1 - cpu0) - client_cpu) / (t1 - t0), 3)
-    row["steal_util"] = round(steal / (t1 - t0), 3)
+    row["others_cpu_util"] = round(max(0.0, busy - server_cpu - client_cpu) / seconds, 3)
+    row["steal_util"] = round(steal / seconds, 3)
     return row
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.bench import worker as worker_module
-from loadtest.bench.servers import UNLIMITED, Running, Spec, cpu_seconds, footprint
+from loadtest.bench.servers import UNLIMITED, CpuReading, Running, Spec, cpu_seconds, footprint
 from loadtest.bench.servers import start as start_spec
 
 HOST = "127.0.0.1"
@@ -175,9 +175,11 @@ class Runner:
                 pool.send(i, "fanout_run", start=start_at, measure=measure_at, end=end_at)
             sleep_until(measure_at)
             spy = self._py_spy(server.pid, f"{spec.name}-fanout-{receivers}")
-            cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+            # Every member is connected before the window and stays: no thread of the server
+            # starts or ends inside it, so the sum over its threads' schedstat is exact.
+            before = CpuReading.now(server.pid)
             sleep_until(end_at)
-            cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+            after = CpuReading.now(server.pid)
             if spy is not None:
                 _finish_py_spy(spy)
             runs = [pool.recv(i) for i in range(len(pool))]
@@ -185,9 +187,9 @@ class Runner:
             alive = server.alive()
         finally:
             server.stop()
-        seconds = t1 - t0
+        seconds = after.t - before.t
         deliveries = sum(r["frames"] for r in runs)
-        server_cpu = cpu1 - cpu0
+        server_cpu = after.exact - before.exact
         client_cpu = sum(r["cpu_seconds"] for r in runs)
         return {
             "receivers": receivers,
@@ -200,6 +202,7 @@ class Runner:
             "deliveries_per_s": round(deliveries / seconds, 1),
             "says_per_s": round(sum(r["acks"] for r in runs) / seconds, 1),
             "server_cpu_seconds": round(server_cpu, 3),
+            "server_cpu_seconds_proc_stat": round(after.ticks - before.ticks, 3),  # comparison
             "server_cpu_s_per_1m_deliveries": (
                 round(server_cpu / deliveries * 1e6, 2) if deliveries else None
             ),
@@ -278,6 +281,8 @@ class Runner:
         sizes, pool = self.sizes, self.pool
         server = self.start(spec, "handshake")
         try:
+            # Whole-process CPU, not the threads' schedstat: the threaded server starts and
+            # ends a thread per handshake, and an ended thread's time leaves schedstat with it.
             cpu0 = cpu_seconds(server.pid)
             replies = pool.all(
                 "handshakes",

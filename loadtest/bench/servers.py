@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from loadtest import prom
 from loadtest.pinning import on_cpus
@@ -125,6 +126,24 @@ def exact_cpu_seconds(pid: int) -> tuple[float, int]:
     """
     tasks = task_times(pid) or {}
     return sum(t.cpu for t in tasks.values()), len(tasks)
+
+
+class CpuReading(NamedTuple):
+    """A server's CPU seconds at one moment, read from outside: ``exact`` (its live
+    threads' schedstat, of ``threads`` threads), ``ticks`` (the whole process's
+    tick-sampled ``/proc/<pid>/stat``, kept for comparison) and the machine's busy and
+    stolen seconds (:func:`machine_cpu`), at monotonic time ``t``."""
+
+    exact: float
+    threads: int
+    ticks: float
+    machine: tuple[float, float]
+    t: float
+
+    @classmethod
+    def now(cls, pid: int) -> CpuReading:
+        exact, threads = exact_cpu_seconds(pid)
+        return cls(exact, threads, cpu_seconds(pid), machine_cpu(), time.monotonic())
 
 
 def machine_cpu() -> tuple[float, float]:

@@ -6,7 +6,7 @@
 - :mod:`~loadtest.claims.cpubound`: pure-Python CPU work in every say, nothing
   pinned (the GIL, asyncio's "true parallelism");
 - :mod:`~loadtest.claims.sharedstate`: the threaded server with its
-  ``chat_lock`` taken away (shared state), and :mod:`~loadtest.claims.codefacts`:
+  ``chat_lock`` taken away (shared state), and :mod:`~loadtest.codefacts`:
   locks, lock-order rules, lines and concurrency primitives of each server,
   facts about the code rather than measurements.
 

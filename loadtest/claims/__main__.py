@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest import machine
-from loadtest.claims import blocking, codefacts, cpubound, report, sharedstate, verdicts
+from loadtest import codefacts, machine
+from loadtest.claims import blocking, cpubound, report, sharedstate, verdicts
 from loadtest.compare import runner
 from loadtest.compare.__main__ import _link_latest
 from loadtest.compare.profiles import Profile

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from loadtest.claims import probe
 from loadtest.compare import figures, runner
+from loadtest.compare.steps import StepRow
 from loadtest.moderation import ModerationService
 from loadtest.serverproc import PROJECT_ROOT, ServerProcess, stop_process
 
@@ -141,9 +142,10 @@ def probe_figures(out: Path, point: dict) -> dict:
     }
 
 
-def point(variant: Variant, delay: float, row: dict | None, calls: int, result: dict) -> dict:
+def point(variant: Variant, delay: float, row: StepRow | None, calls: int, result: dict) -> dict:
     """One (variant, N) reduced to what the plot and the verdicts read (the probe's
-    figures are added by :func:`probe_figures`)."""
+    figures are added by :func:`probe_figures`); ``step`` is the row as summary.json
+    stores it."""
     p99 = figures.p99(row)
     return {
         "variant": variant.name,
@@ -153,13 +155,13 @@ def point(variant: Variant, delay: float, row: dict | None, calls: int, result: 
         "fanout_p99_ms": p99,
         "fanout_p50_ms": figures.p50(row),
         "extra_p99_ms": None if p99 is None else max(0.0, p99 - delay),
-        "loop_lag_p99_ms": row.get("loop_lag_p99_ms") if row else None,
-        "deliveries_per_s": row.get("deliveries_per_s") if row else None,
-        "server_cpu_cores": row.get("cpu_cores_exact") if row else None,
-        "threads": row.get("threads") if row else None,
-        "failure_ratio": row.get("failure_ratio") if row else None,
-        "dropped": row.get("dropped") if row else None,
-        "outcome": row.get("outcome") if row else "no step",
-        "reason": row.get("reason") if row else result.get("stop_reason"),
-        "step": row,
+        "loop_lag_p99_ms": row.loop_lag_p99_ms if row else None,
+        "deliveries_per_s": row.deliveries_per_s if row else None,
+        "server_cpu_cores": row.cpu_cores_exact if row else None,
+        "threads": row.threads if row else None,
+        "failure_ratio": row.failure_ratio if row else None,
+        "dropped": row.dropped if row else None,
+        "outcome": row.outcome if row else "no step",
+        "reason": row.reason if row else result.get("stop_reason"),
+        "step": row.to_dict() if row else None,
     }

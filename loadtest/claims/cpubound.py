@@ -53,10 +53,10 @@ def _machine_cpu(out: Path, result: dict) -> dict[int, float]:
         values = [
             s["machine_cpu"]
             for s in samples
-            if row["ramp_end"] + 1 <= s["t"] <= row["end"] and s.get("machine_cpu") is not None
+            if row.ramp_end + 1 <= s["t"] <= row.end and s.get("machine_cpu") is not None
         ]
         if values:
-            out_rows[row["index"]] = sum(values) / len(values)
+            out_rows[row.index] = sum(values) / len(values)
     return out_rows
 
 
@@ -82,20 +82,20 @@ def run(options: runner.RunOptions, *, levels: tuple[int, ...] = LEVELS) -> dict
     points = [
         {
             "server": kind,
-            "users": row["users_target"],
-            "says_per_s_offered": row["users_target"] / SAY_EVERY,
-            "demand_cores": demand_cores(row["users_target"]),
-            "says_per_s": row.get("received_per_s"),
-            "deliveries_per_s": row.get("deliveries_per_s"),
-            "cpu_cores_exact": row.get("cpu_cores_exact"),
-            "cpu_cores_peak": row.get("server_cpu_cores_max"),
-            "busiest_thread_share": row.get("busiest_thread_share"),
-            "threads": row.get("threads"),
-            "machine_cpu_mean": machine[kind].get(row["index"]),
-            "locust_cpu_mean": row.get("locust_cpu_mean"),
-            "fanout_p99_ms": row.get("locust_p99_ms") or row.get("latency_p99_ms"),
-            "outcome": row["outcome"],
-            "reason": row["reason"],
+            "users": row.users_target,
+            "says_per_s_offered": row.users_target / SAY_EVERY,
+            "demand_cores": demand_cores(row.users_target),
+            "says_per_s": row.received_per_s,
+            "deliveries_per_s": row.deliveries_per_s,
+            "cpu_cores_exact": row.cpu_cores_exact,
+            "cpu_cores_peak": row.server_cpu_cores_max,
+            "busiest_thread_share": row.busiest_thread_share,
+            "threads": row.threads,
+            "machine_cpu_mean": machine[kind].get(row.index),
+            "locust_cpu_mean": row.locust_cpu_mean,
+            "fanout_p99_ms": row.locust_p99_ms or row.latency_p99_ms,
+            "outcome": row.outcome,
+            "reason": row.reason,
         }
         for kind, result in runs.items()
         for row in result["steps"]
@@ -109,5 +109,5 @@ def run(options: runner.RunOptions, *, levels: tuple[int, ...] = LEVELS) -> dict
         "points": points,
         "limits": {kind: result["limit"] for kind, result in runs.items()},
         "stop_reasons": {kind: result["stop_reason"] for kind, result in runs.items()},
-        "steps": {kind: result["steps"] for kind, result in runs.items()},
+        "steps": {kind: [r.to_dict() for r in result["steps"]] for kind, result in runs.items()},
     }

@@ -13,9 +13,10 @@ import json
 import re
 from pathlib import Path
 
-from loadtest.claims import blocking, codefacts, cpubound, plots, sharedstate, verdicts
+from loadtest import codefacts
+from loadtest.claims import blocking, cpubound, plots, sharedstate, verdicts
 from loadtest.compare import claims as compare_claims
-from loadtest.compare.report import _e, _n, _table  # the comparison report's HTML parts
+from loadtest.compare.report import CSS, _e, _n, _table  # the comparison report's HTML parts
 
 
 def table(
@@ -93,16 +94,6 @@ def write(out: Path, summary: dict) -> dict:
 
 
 # -- HTML -------------------------------------------------------------------------------
-
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3} .supported{background:#e3f6e3} .notsupported{background:#fde4e4}
-.notmeasured,.undecided{color:#666} img{max-width:100%;border:1px solid #eee}
-code{background:#f5f5f5;padding:1px 3px} pre{white-space:pre-wrap;font-size:12px;color:#444}
-.small{font-size:12px;color:#555}
-"""
 
 
 def _img(out: Path, name: str, title: str) -> str:

@@ -264,16 +264,13 @@ def render(out: Path) -> int:
 
 def _resummarize(out: Path, run: dict, limits: StepRules) -> dict:
     """Recompute a run's step rows from their raw samples (same steps, current code),
-    then its limit: the climb's verdict, narrowed by the narrowing rows."""
+    then its limit: the climb's verdict, narrowed by the narrowing rows. A row whose
+    samples are gone is kept as summary.json has it."""
     run = {k: v for k, v in run.items() if k not in ("derived", "probe")}
     samples: dict[str, list[dict] | None] = {}
-    kept = ("thread_cpu_seconds", "busiest_thread_share", "locust_p50_ms", "locust_p99_ms",
-            "cpu_cores_exact", "wait_to_run_per_s", "voluntary_switches_per_delivery",
-            "involuntary_switches_per_delivery", "throttled_per_s", "ramp_end", "run",
-            "phase", "settled", "judged_from")  # fmt: skip
     rows = []
-    for old in run["steps"]:
-        name = old.get("run", run["name"])
+    for old in map(steps.StepRow.from_dict, run["steps"]):
+        name = old.run or run["name"]
         if name not in samples:
             path = out / f"{name}-samples.jsonl"
             samples[name] = (
@@ -284,17 +281,25 @@ def _resummarize(out: Path, run: dict, limits: StepRules) -> dict:
         if samples[name] is None:
             rows.append(old)
             continue
-        window = old["end"] - old.get("judged_from", old["end"] - run["window"])
+        judged_from = old.judged_from if old.judged_from is not None else old.end - run["window"]
         row = steps.summarize(
-            old["index"], old["users_target"], old["start"], old["end"], window,
-            samples[name], limits, exited=old.get("server_exited", False),
+            old.index, old.users_target, old.start, old.end, old.end - judged_from,
+            samples[name], limits, exited=old.server_exited,
         )  # fmt: skip
-        row.update({k: old[k] for k in kept if k in old})
-        rows.append(row)
-    climb = [r for r in rows if r.get("phase", "climb") == "climb"]
+        rows.append(replace(row, **{k: getattr(old, k) for k in KEPT_ON_RENDER}))
+    climb = [r for r in rows if r.phase in (None, "climb")]
     finished = len(climb) == len(run["levels"])
     limit = knee.combine(steps.verdict(climb, limits, finished), rows)
     return {**run, "steps": rows, "limit": limit}
+
+
+# What a re-render keeps of a row: the runner's marks (threads, Locust's CSV), not samples.
+KEPT_ON_RENDER = (
+    "thread_cpu_seconds", "busiest_thread_share", "locust_p50_ms", "locust_p99_ms",
+    "cpu_cores_exact", "wait_to_run_per_s", "voluntary_switches_per_delivery",
+    "involuntary_switches_per_delivery", "throttled_per_s", "ramp_end", "run", "phase",
+    "settled", "judged_from",
+)  # fmt: skip
 
 
 def _link_latest(reports: Path, out: Path) -> None:

@@ -17,6 +17,7 @@ tested it (``tested_by``).
 from __future__ import annotations
 
 from loadtest.compare import figures
+from loadtest.compare.steps import StepRow
 
 ARTICLE = {
     "title": "Concurrency models in Python: threads vs Asyncio",
@@ -167,7 +168,7 @@ def _not_measured(side, kind, claim, why) -> dict:
 
 def _last_ok_lag(run: dict, fig: dict) -> float | None:
     r = figures.row(run, run["limit"]["last_ok_step"])
-    return r.get("loop_lag_p99_ms") if r else None
+    return r.loop_lag_p99_ms if r else None
 
 
 def gil(probe: dict | None, run: dict) -> dict:
@@ -193,9 +194,9 @@ def gil(probe: dict | None, run: dict) -> dict:
             else ""
         )
         return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, why)
-    peak, mean, machine = r["server_cpu_cores_max"], r["server_cpu_cores"], r["machine_cpu_mean"]
+    peak, mean, machine = r.server_cpu_cores_max, r.server_cpu_cores, r.machine_cpu_mean
     measured = (
-        f"{r['users_target']} users: server CPU mean {_f(mean)} cores, peak (3 s) {_f(peak)}; "
+        f"{r.users_target} users: server CPU mean {_f(mean)} cores, peak (3 s) {_f(peak)}; "
         f"machine {_f(machine, '{:.0f}')}% busy"
     )
     if peak is not None and peak > ONE_CORE:
@@ -253,7 +254,7 @@ def many_threads_performance(runs: dict, t: dict, a: dict) -> dict:
         rt, ra = common
         pt, pa = figures.p99(rt), figures.p99(ra)
         notes.append(
-            f"at {rt['users_target']} users ({_f(rt['threads'], '{:.0f}')} threads): p99 threaded "
+            f"at {rt.users_target} users ({_f(rt.threads, '{:.0f}')} threads): p99 threaded "
             f"{_f(pt, '{:.0f} ms')}, async {_f(pa, '{:.0f} ms')}"
         )
         if (
@@ -343,9 +344,9 @@ def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
     ratio = ua / ut
     verdict = SUPPORTED if ratio < 1 - SAME_WITHIN else NOT_SUPPORTED
     measured = (
-        f"at {rt['users_target']} users: async {ua:.1f} µs of CPU per delivery, threaded "
-        f"{ut:.1f} µs (ratio {ratio:.2f}); deliveries/s async {ra['deliveries_per_s']:,.0f}, "
-        f"threaded {rt['deliveries_per_s']:,.0f}"
+        f"at {rt.users_target} users: async {ua:.1f} µs of CPU per delivery, threaded "
+        f"{ut:.1f} µs (ratio {ratio:.2f}); deliveries/s async {ra.deliveries_per_s:,.0f}, "
+        f"threaded {rt.deliveries_per_s:,.0f}"
     )
     return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
 
@@ -366,25 +367,21 @@ def true_parallelism(probe: dict | None, a: dict) -> dict:
     notes = [f"busiest thread did {_f(share, '{:.0%}')} of the server's CPU time"]
     if r is not None:
         notes.append(
-            f"probe: {_f(r['server_cpu_cores_max'])} cores peak with the machine "
-            f"{_f(r['machine_cpu_mean'], '{:.0f}')}% busy"
+            f"probe: {_f(r.server_cpu_cores_max)} cores peak with the machine "
+            f"{_f(r.machine_cpu_mean, '{:.0f}')}% busy"
         )
     if share is not None and share >= BUSIEST_THREAD:
         verdict = NOT_SUPPORTED
-    elif r is not None and (r["server_cpu_cores_max"] or 0) > ONE_CORE:
+    elif r is not None and (r.server_cpu_cores_max or 0) > ONE_CORE:
         verdict = SUPPORTED
-    elif (
-        r is not None
-        and r["machine_cpu_mean"] is not None
-        and r["machine_cpu_mean"] < MACHINE_SPARE
-    ):
+    elif r is not None and r.machine_cpu_mean is not None and r.machine_cpu_mean < MACHINE_SPARE:
         verdict = NOT_SUPPORTED
     else:
         verdict = NOT_MEASURED
     return _row("asyncio", "pro", claim, measurement, rule, verdict, "; ".join(notes))
 
 
-def _probe_row(probe: dict | None) -> dict | None:
+def _probe_row(probe: dict | None) -> StepRow | None:
     if not probe or not probe.get("steps"):
         return None
     return probe["steps"][-1]

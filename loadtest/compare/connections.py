@@ -33,26 +33,26 @@ def step_rows(run: dict) -> list[dict]:
     locust_base = run.get("locust_rss_at_start") or 0
     out = []
     for r in run["steps"]:
-        conns, users = r.get("connections") or 0, r.get("users") or 0
-        rss, locust = r.get("rss_bytes"), r.get("locust_rss_bytes")
+        conns, users = r.connections or 0, r.users or 0
+        rss, locust = r.rss_bytes, r.locust_rss_bytes
         out.append({
-            "phase": r.get("phase", ""),
-            "users": r["users_target"],
-            "connections": r.get("connections"),
+            "phase": r.phase or "",
+            "users": r.users_target,
+            "connections": r.connections,
             "rss_mib": _div(rss, 2**20),
             "kib_per_connection": _div((rss or 0) - base_rss, 1024 * conns) if rss else None,
-            "threads": r.get("threads"),
-            "fds": r.get("open_fds"),
-            "tcp_sockets": r.get("tcp_sockets"),
-            "tcp_mem_mib": _div(r.get("tcp_mem_bytes"), 2**20),
+            "threads": r.threads,
+            "fds": r.open_fds,
+            "tcp_sockets": r.tcp_sockets,
+            "tcp_mem_mib": _div(r.tcp_mem_bytes, 2**20),
             "p99_ms": figures.p99(r),
-            "handshakes_per_s": r.get("handshakes_per_s_peak"),
-            "cpu_at_rest": r.get("server_cpu_cores"),
+            "handshakes_per_s": r.handshakes_per_s_peak,
+            "cpu_at_rest": r.server_cpu_cores,
             "locust_mib": _div(locust, 2**20),
             "locust_kib_per_user": (
                 _div(locust - locust_base, 1024 * users) if locust and users else None
             ),
-            "outcome": r["outcome"] + (f": {r['reason']}" if r.get("reason") else ""),
+            "outcome": r.outcome + (f": {r.reason}" if r.reason else ""),
         })  # fmt: skip
     return out
 

@@ -14,8 +14,11 @@ run, and the one-word reading follows the rule printed with it:
 from __future__ import annotations
 
 from loadtest.compare import figures
+from loadtest.compare.steps import Criterion, StepRow
 
 CPU_BOUND = 0.90  # share of the CPU the server was given
+# Limits where Locust's own failures say what the clients met (quoted in the text).
+CONNECTION_CRITERIA = frozenset({Criterion.UNRESPONSIVE, Criterion.REFUSED, Criterion.FAILURES})
 
 RULE = (
     f"“out of CPU” when the server used at least {CPU_BOUND:.0%} of the CPU it was given "
@@ -65,12 +68,12 @@ def explain(run: dict, cpus: int) -> dict:
     parts.append("; ".join(c for c in changes if c) + ".")
     if bad is not None:
         parts.append(
-            f"At the limit: RSS {_n((bad.get('rss_bytes') or 0) / 2**20)} MiB, "
-            f"{_n(bad.get('open_fds'))} fds, {_n(bad.get('threads'))} threads, "
-            f"{_n(bad.get('connections'))} connections."
+            f"At the limit: RSS {_n((bad.rss_bytes or 0) / 2**20)} MiB, "
+            f"{_n(bad.open_fds)} fds, {_n(bad.threads)} threads, "
+            f"{_n(bad.connections)} connections."
         )
     failures = run.get("locust_failures") or []
-    if failures and limit["criterion"].startswith(("unresponsive", "refused", "failures")):
+    if failures and bad is not None and bad.criterion in CONNECTION_CRITERIA:
         top = "; ".join(f"{f['name']}: {f['error']} ×{f['occurrences']:,}" for f in failures[:3])
         parts.append(f"Locust's most frequent failures in the run: {top}.")
     if cpu_bad is None:
@@ -86,16 +89,15 @@ def explain(run: dict, cpus: int) -> dict:
     return {"reading": reading, "text": " ".join(parts)}
 
 
-def _cpu(row: dict | None) -> float | None:
+def _cpu(row: StepRow | None) -> float | None:
     """Exact CPU from the threads' schedstat, else the server's own counter."""
     if row is None:
         return None
-    exact = row.get("cpu_cores_exact")
-    return exact if exact is not None else row.get("server_cpu_cores")
+    return row.cpu_cores_exact if row.cpu_cores_exact is not None else row.server_cpu_cores
 
 
-def _get(row: dict | None, key: str):
-    return None if row is None else row.get(key)
+def _get(row: StepRow | None, key: str):
+    return None if row is None else getattr(row, key)
 
 
 def _change(what: str, before, after, fmt: str, unit: str) -> str:

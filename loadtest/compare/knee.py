@@ -20,8 +20,10 @@ did not start stops the narrowing; the bracket found so far is reported.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from loadtest.compare import runner
+from loadtest.compare.steps import Outcome, StepRow
 
 ONE_CORE_HEADROOM = 1.2  # the probe's load: what one whole core would carry, plus 20 %
 LOCUST_HEADROOM = 0.7  # ... but no more than keeps Locust under 70 % of its CPUs
@@ -32,7 +34,7 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
     profile = options.profile
     run = runner.run_server(kind, options)
     climb_limit = run["limit"]
-    rows = [{**r, "phase": "climb"} for r in run["steps"]]
+    rows = [replace(r, phase="climb") for r in run["steps"]]
     narrowing: list[dict] = []
     limit = combine(climb_limit, rows)
     while limit["narrowing"] == "open" and limit["last_ok_users"]:
@@ -48,12 +50,12 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
         narrowing.append(_about(probe_run))
         if not probe_run["steps"]:
             break  # Locust did not start: keep the bracket found so far
-        rows.append({**probe_run["steps"][-1], "index": len(rows), "phase": "narrow"})
+        rows.append(replace(probe_run["steps"][-1], index=len(rows), phase="narrow"))
         limit = combine(climb_limit, rows)
     return {**run, "steps": rows, "limit": limit, "narrowing": narrowing}
 
 
-def combine(climb_limit: dict, rows: list[dict]) -> dict:
+def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
     """The limit after the climb's verdict and the narrowing rows (``phase == "narrow"``),
     in the order they ran.
 
@@ -66,13 +68,13 @@ def combine(climb_limit: dict, rows: list[dict]) -> dict:
         limit["narrowing"] = "none"
         return limit
     for row in rows:
-        if row.get("phase") != "narrow":
+        if row.phase != "narrow":
             continue
-        if row["outcome"] == "ok" and row["users_target"] > (limit["last_ok_users"] or 0):
-            limit.update(last_ok_users=row["users_target"], last_ok_step=row["index"])
-        elif row["outcome"] == "limit" and row["users_target"] < limit["users"]:
-            limit.update(users=row["users_target"], criterion=row["reason"], step=row["index"])
-        elif row["outcome"] == "invalid":
+        if row.outcome == Outcome.OK and row.users_target > (limit["last_ok_users"] or 0):
+            limit.update(last_ok_users=row.users_target, last_ok_step=row.index)
+        elif row.outcome == Outcome.LIMIT and row.users_target < limit["users"]:
+            limit.update(users=row.users_target, criterion=row.reason, step=row.index)
+        elif row.outcome == Outcome.INVALID:
             limit["narrowing"] = "stopped"  # the load generator, not the server, gave out
             break
     if limit["last_ok_users"]:
@@ -103,9 +105,9 @@ def locust_capacity(run: dict, processes: int) -> int | None:
     """Users that would keep Locust at ``LOCUST_HEADROOM`` of its CPUs, extrapolated
     from the climb's good steps (Locust CPU per user is close to linear)."""
     per_user = [
-        r["locust_cpu_mean"] / 100 / r["users_target"]
+        r.locust_cpu_mean / 100 / r.users_target
         for r in run["steps"]
-        if r["outcome"] == "ok" and r.get("locust_cpu_mean") and r["users_target"]
+        if r.outcome == Outcome.OK and r.locust_cpu_mean and r.users_target
     ]
     if not per_user:
         return None

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
 from loadtest.compare import figures
+from loadtest.compare.steps import StepRow
 
 STYLE = {
     "threaded": {"color": "tab:orange", "marker": "o", "label": "threaded"},
@@ -42,14 +43,18 @@ PLOTS = {
 def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
     """Points of one run in order of ``x_key`` (narrowing steps fall between climb steps)."""
     xs, ys, outcomes = [], [], []
-    for r in sorted(run["steps"], key=lambda r: r[x_key] if r[x_key] is not None else -1):
-        x = r[x_key]
-        v = y(r) if callable(y) else r.get(y)
+
+    def x_of(r: StepRow):
+        return getattr(r, x_key)
+
+    for r in sorted(run["steps"], key=lambda r: x_of(r) if x_of(r) is not None else -1):
+        x = x_of(r)
+        v = y(r) if callable(y) else getattr(r, y)
         if x is None or v is None:
             continue
         xs.append(x)
         ys.append(v)
-        outcomes.append(r["outcome"])
+        outcomes.append(r.outcome)
     return xs, ys, outcomes
 
 
@@ -131,13 +136,13 @@ def throughput(runs: list[dict], path: Path) -> None:
 def memory(runs: list[dict], derived: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 2, SIZE[1]))
     for run in runs:
-        _plot(left, run, "connections", lambda r: (r["rss_bytes"] or 0) / 2**20)
+        _plot(left, run, "connections", lambda r: (r.rss_bytes or 0) / 2**20)
         base = (run.get("baseline") or {}).get("rss") or 0
 
-        def per_conn(r, base=base):
-            if not r["connections"] or r["connections"] < figures.MIN_CONNECTIONS_FOR_SLOPE:
+        def per_conn(r: StepRow, base=base):
+            if not r.connections or r.connections < figures.MIN_CONNECTIONS_FOR_SLOPE:
                 return None
-            return ((r["rss_bytes"] or 0) - base) / r["connections"] / 1024
+            return ((r.rss_bytes or 0) - base) / r.connections / 1024
 
         kib = derived[run["kind"]]["kib_per_connection"]
         _plot(right, run, "connections", per_conn,
@@ -155,16 +160,16 @@ def threads(runs: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=SIZE)
     for run in runs:
         _plot(ax, run, "connections", "threads")
-    top = max((r["connections"] or 0 for run in runs for r in run["steps"]), default=0)
+    top = max((r.connections or 0 for run in runs for r in run["steps"]), default=0)
     if top:
         ax.plot([0, top], [0, top], color="0.6", linestyle=":", linewidth=1,
                 label="one thread per connection")  # fmt: skip
     for run in runs:  # label the last point: a flat line at the bottom is easy to miss
-        last = next((r for r in reversed(run["steps"]) if r["threads"] is not None), None)
+        last = next((r for r in reversed(run["steps"]) if r.threads is not None), None)
         if last is not None:
             ax.annotate(
-                f"{run['kind']}: {last['threads']:,.0f} threads at {last['connections']:,.0f}",
-                (last["connections"], last["threads"]), textcoords="offset points",
+                f"{run['kind']}: {last.threads:,.0f} threads at {last.connections or 0:,.0f}",
+                (last.connections, last.threads), textcoords="offset points",
                 xytext=(-10, 8), ha="right", fontsize=8, color=STYLE[run["kind"]]["color"],
             )  # fmt: skip
     ax.yaxis.set_major_formatter(THOUSANDS)
@@ -178,7 +183,7 @@ def cpu(runs: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=SIZE)
     for run in runs:
         _plot(ax, run, "users_target", "server_cpu_cores", label_suffix=" server")
-        _plot(ax, run, "users_target", lambda r: (r["locust_cpu_mean"] or 0) / 100,
+        _plot(ax, run, "users_target", lambda r: (r.locust_cpu_mean or 0) / 100,
               label_suffix=" run: Locust", linestyle=":", alpha=0.6)  # fmt: skip
     for run in runs:
         _plot(ax, run, "users_target", "other_cpu_cores", label_suffix=" run: other processes",
@@ -197,15 +202,15 @@ def errors(runs: list[dict], path: Path) -> None:
     total = 0.0
     for run in runs:
         _plot(ax, run, "users_target", "failures", label_suffix=" Locust failures")
-        disconnects = lambda r: sum(v for k, v in r["disconnects"].items() if k != "client_close")  # noqa: E731
-        refused = lambda r: sum(r["rejected"].values())  # noqa: E731
+        disconnects = lambda r: sum(v for k, v in r.disconnects.items() if k != "client_close")  # noqa: E731
+        refused = lambda r: sum(r.rejected.values())  # noqa: E731
         _plot(ax, run, "users_target", disconnects, label_suffix=" server-side disconnects",
               linestyle="--", alpha=0.7)  # fmt: skip
         _plot(ax, run, "users_target", refused, label_suffix=" refused", linestyle=":", alpha=0.7)
-        dropped = lambda r: sum(r["dropped"].values())  # noqa: E731
+        dropped = lambda r: sum(r.dropped.values())  # noqa: E731
         _plot(ax, run, "users_target", dropped, label_suffix=" messages dropped",
               linestyle="-.", alpha=0.7)  # fmt: skip
-        total += sum(r["failures"] + disconnects(r) + refused(r) + dropped(r) for r in run["steps"])
+        total += sum(r.failures + disconnects(r) + refused(r) + dropped(r) for r in run["steps"])
     if total:
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=0)
@@ -266,7 +271,7 @@ def connections(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     wall (its limit) marked with a vertical line."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 2, SIZE[1]))
     for run in runs:
-        _plot(left, run, "connections", lambda r: (r["rss_bytes"] or 0) / 2**30)
+        _plot(left, run, "connections", lambda r: (r.rss_bytes or 0) / 2**30)
         _plot(right, run, "connections", figures.p99, label_suffix=" p99")
         limit = run.get("limit") or {}
         if limit.get("reached"):

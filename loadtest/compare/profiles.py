@@ -20,6 +20,9 @@ class StepRules:
     invalid_steps_to_stop: int = 2  # consecutive invalid steps: the load generator is the limit
     server_silent_s: float = 5.0  # no /metrics answer for this long: the server counts as dead
     max_memory_share: float = 0.8  # server RSS (all its processes) above this share of RAM: limit
+    # False: the run measures the load generator (Locust capacity), so latency and failures
+    # never make a step the server's limit; Locust's CPU and the hard limits still decide.
+    judge_server: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,23 @@ def connection_ceiling() -> int:
 def processes_for(users: int) -> int:
     """Processes that hold ``users`` connections, each under :func:`connection_ceiling`."""
     return max(1, math.ceil(users / connection_ceiling()))
+
+
+# A run that measures one Locust process, not the server: steps are ok until Locust's
+# busiest process passes 90 % of a core, and the first such step ends the run.
+LOCUST_CAPACITY_RULES = StepRules(judge_server=False, invalid_steps_to_stop=1)
+
+
+def locust_capacity(
+    name: str, levels: list[int], step_time: float, window: float, spawn_rate: float
+) -> Profile:
+    """The Locust capacity profile (``make loadtest-capacity``): ``levels`` users in turn,
+    judged on Locust's CPU (:data:`LOCUST_CAPACITY_RULES`), run once (no narrowing)."""
+    return Profile(
+        name, start=levels[0], growth=1.0, maximum=levels[-1], step_time=step_time,
+        window=window, spawn_rate=spawn_rate, climb=tuple(levels),
+        limits=LOCUST_CAPACITY_RULES,
+    )  # fmt: skip
 
 
 C100K_CLIMB = (10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000)

@@ -7,8 +7,10 @@ import html
 import json
 from pathlib import Path
 
+from loadtest import codefacts
 from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
 from loadtest.compare.profiles import Profile
+from loadtest.compare.steps import Outcome, StepRow
 
 KINDS = ("threaded", "async")
 
@@ -79,13 +81,9 @@ def _n(value, fmt="{:,.0f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def source_lines(root: Path) -> dict:
-    """Non-blank lines of Python in each server package (context for the simplicity claim)."""
-    out = {}
-    for kind, package in (("threaded", "threaded_server"), ("async", "async_server")):
-        files = sorted((root / package).glob("*.py"))
-        out[kind] = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
-    return out
+def to_json(value: object) -> object:
+    """summary.json's encoding of what json cannot write: a step row as its dict, else str."""
+    return value.to_dict() if isinstance(value, StepRow) else str(value)
 
 
 def write(
@@ -113,7 +111,7 @@ def write(
     derived = {kind: figures.derive(run) for kind, run in runs.items()}
     why_broke = {kind: diagnosis.explain(run, machine["cpus"]) for kind, run in runs.items()}
     rows = headline(runs, derived)
-    lines = lines or source_lines(root)
+    lines = lines or codefacts.source_lines(root)  # context for the simplicity claim
     table = claims.evaluate(runs, derived, probes, lines) if set(KINDS) <= set(runs) else []
     plot_titles = plots.draw_all(
         [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
@@ -166,7 +164,7 @@ def write(
         "source_lines": lines,
         "plots": plot_titles,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=to_json))
     (out / "headline.md").write_text(headline_markdown(rows) + "\n")
     (out / "claims.md").write_text(claims_markdown(table) + "\n")
     if profile.spread:
@@ -177,15 +175,16 @@ def write(
 
 # -- HTML ---------------------------------------------------------------------------
 
+# The one stylesheet of the project's reports (this one and make claims').
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums}
-.supported{background:#e3f6e3} .notsupported{background:#fde4e4} .notmeasured{color:#777}
-.invalid{color:#999} .limit{background:#fde4e4;font-weight:bold}
+.supported{background:#e3f6e3} .notsupported{background:#fde4e4}
+.notmeasured,.undecided{color:#777} .invalid{color:#999} .limit{background:#fde4e4;font-weight:bold}
 img{max-width:100%;border:1px solid #eee} code{background:#f5f5f5;padding:1px 3px}
-.small{font-size:12px;color:#555}
+pre{white-space:pre-wrap} .small{font-size:12px;color:#555}
 """
 
 
@@ -205,26 +204,27 @@ def _table(head: list[str], body: list[list], classes: list[str] | None = None) 
 
 
 def render_html(summary: dict, out: Path) -> str:
-    m = summary["machine"]
-    p = summary["profile"]
-    limits = p["limits"]
+    """report.html: one self-contained page (plots embedded), built from summary.json.
+
+    Each section is a function below that returns its HTML, written as f-strings so
+    that the words stay next to the figures they format. A template (string.Template,
+    or Jinja2, which is here only as a dependency of Locust's web UI) was considered:
+    every section would still compute its figures and loops in Python, and the page
+    would be split between the two (issue 14).
+    """
+    steps_of = dict(summary["servers"])
+    if summary.get("scale_out"):
+        steps_of.update(summary["scale_out"]["runs"])
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>twinchat: threaded vs asyncio, {_e(summary['date'])}</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>twinchat: where thread-per-connection and asyncio hit their limits</h1>",
-        f"<p>Scenario <b>{_e(summary['scenario'])}</b>, profile <b>{_e(p['name'])}</b>: a "
-        f"climb through {_e(p['levels'])} users ({p['step_time']:g} s held after each ramp "
-        f"at {p['spawn_rate']:g} users/s, judged on the last {p['window']:g} s), stopped at "
-        f"the first confirmed breach, then narrowed on freshly started servers until the "
-        f"limit is known within {p['precision']:.0%}. Same steps, same load for both "
-        f"servers. {_e(m['pinning']['why'])}. Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs "
-        f"({_e(m['cpu_model'])}), {m['memory_bytes'] / 2**30:.0f} GiB, commit "
-        f"{_e((m.get('git_commit') or 'n/a')[:12])}.</p>",
+        _intro_html(summary),
         _budget_html(summary),
         "<h2>Headline</h2>",
         _headline_html(summary["headline"]),
-        connections.html_section(summary) if p.get("spread") else "",
+        connections.html_section(summary) if summary["profile"].get("spread") else "",
         _why_html(summary),
         "<p class='small'>Limit: the first step that broke a rule below. “Last good step”: "
         "the largest valid step within the SLO; deliveries/s, p99 and CPU are read there. "
@@ -233,6 +233,44 @@ def render_html(summary: dict, out: Path) -> str:
         "<p class='small'>The machine may be shared: the CPU plot and the step tables show "
         "the CPU used by other processes during each step (“other processes CPU”, in cores); "
         "a limit reached while others used the server's core is worth a second run.</p>",
+        _rules_html(summary),
+        _plots_html(summary, out),
+        _scale_out_html(summary.get("scale_out")),
+        _claims_html(summary),
+        *(_server_steps_html(kind, server) for kind, server in steps_of.items()),
+        "<h2>Machine</h2>",
+        _table(
+            ["", ""],
+            [
+                [_e(k), _e(v if not isinstance(v, dict) else json.dumps(v))]
+                for k, v in summary["machine"].items()
+            ],
+        ),
+        _files_html(summary, out),
+        "</body></html>",
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+def _intro_html(summary: dict) -> str:
+    """What ran: scenario, profile, steps, pinning, machine, commit."""
+    m, p = summary["machine"], summary["profile"]
+    return (
+        f"<p>Scenario <b>{_e(summary['scenario'])}</b>, profile <b>{_e(p['name'])}</b>: a "
+        f"climb through {_e(p['levels'])} users ({p['step_time']:g} s held after each ramp "
+        f"at {p['spawn_rate']:g} users/s, judged on the last {p['window']:g} s), stopped at "
+        f"the first confirmed breach, then narrowed on freshly started servers until the "
+        f"limit is known within {p['precision']:.0%}. Same steps, same load for both "
+        f"servers. {_e(m['pinning']['why'])}. Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs "
+        f"({_e(m['cpu_model'])}), {m['memory_bytes'] / 2**30:.0f} GiB, commit "
+        f"{_e((m.get('git_commit') or 'n/a')[:12])}.</p>"
+    )
+
+
+def _rules_html(summary: dict) -> str:
+    """The step rules with this run's thresholds."""
+    limits = summary["profile"]["limits"]
+    return (
         "<h2>Rules</h2><ul>"
         f"<li>limit when p99 of <code>{_e(summary['latency_name'])}</code> &gt; "
         f"{limits['slo_ms']:g} ms in a step (more than 1 % of receptions slower)</li>"
@@ -247,84 +285,87 @@ def render_html(summary: dict, out: Path) -> str:
         f"<li>a step where the busiest Locust process averaged &gt; "
         f"{limits['locust_cpu_saturated']:g} % of a core is "
         f"<i>invalid</i>, never the server's limit; {limits['invalid_steps_to_stop']} invalid "
-        "steps in a row end the run (“load generator saturated”)</li></ul>",
-    ]
+        "steps in a row end the run (“load generator saturated”)</li></ul>"
+    )
+
+
+def _plots_html(summary: dict, out: Path) -> str:
+    """Every plot, embedded as a data: URL."""
+    parts = []
     for name, title in summary["plots"].items():
         data = base64.b64encode((out / name).read_bytes()).decode()
         parts.append(
             f"<h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
         )
-    scale = summary.get("scale_out")
-    if scale:
-        parts.append("<h2>Scale-out: async on Redis, 1 worker vs N workers</h2>")
-        parts.append(
-            "<p class='small'>The async server with <code>--broker redis://...</code> (a real "
-            "redis-server started for the run), once with 1 worker and once with "
-            "<code>--workers N</code> (N = the machine's CPUs), same steps, nothing pinned: "
-            "the workers, Redis and Locust share the machine. Figures are summed over the "
-            "workers. See docs/scaling.md.</p>"
-        )
-        parts.append(_headline_html(scale["headline"]))
-    if summary["claims"]:
-        parts.append("<h2>The article's claims, tested by this run</h2>")
-        parts.append(
-            f"<p class='small'>From <i>{_e(summary['article']['title'])}</i> "
-            f"({_e(summary['article']['date'])}), in this project's words. Each verdict is "
-            "computed from the figures of this run with the rule shown; thresholds: "
-            + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
-            + ".</p>"
-        )
-        body, classes = [], []
-        for c in summary["claims"]:
-            body.append([
-                _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
-                _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]),
-                f"<b>{_e(c['verdict'])}</b>",
-            ])  # fmt: skip
-            classes.append(c["verdict"].replace(" ", "").replace("here", ""))
-        parts.append(
-            _table(
-                ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"],
-                body,
-                classes,
-            )
-        )
-    steps_of = dict(summary["servers"])
-    if scale:
-        steps_of.update(scale["runs"])
-    for kind, server in steps_of.items():
-        parts.append(f"<h2>Steps: {_e(kind)}</h2>")
-        parts.append(
-            f"<p class='small'>Stopped: {_e(server['stop_reason'])}; Locust exit "
-            f"{_e(server['locust_exit'])}, server exit {_e(server['server_exit'])}.</p>"
-        )
-        parts.append(_steps_html(server["steps"]))
-        if server.get("server_log_tail"):
-            parts.append(f"<pre class='small'>{_e(server['server_log_tail'])}</pre>")
-        probe = server.get("probe")
-        if probe and probe.get("steps"):
-            parts.append(
-                f"<p>Unpinned probe ({_e(probe['levels'][0])} users, {probe['step_time']:g} s, "
-                "nothing pinned):</p>"
-            )
-            parts.append(_steps_html(probe["steps"]))
-    parts.append("<h2>Machine</h2>")
-    parts.append(
-        _table(
-            ["", ""],
-            [[_e(k), _e(v if not isinstance(v, dict) else json.dumps(v))] for k, v in m.items()],
-        )
+    return "\n".join(parts)
+
+
+def _scale_out_html(scale: dict | None) -> str:
+    if not scale:
+        return ""
+    return (
+        "<h2>Scale-out: async on Redis, 1 worker vs N workers</h2>\n"
+        "<p class='small'>The async server with <code>--broker redis://...</code> (a real "
+        "redis-server started for the run), once with 1 worker and once with "
+        "<code>--workers N</code> (N = the machine's CPUs), same steps, nothing pinned: "
+        "the workers, Redis and Locust share the machine. Figures are summed over the "
+        "workers. See docs/scaling.md.</p>\n" + _headline_html(scale["headline"])
     )
+
+
+def _claims_html(summary: dict) -> str:
+    """The article's claims with this run's verdicts."""
+    if not summary["claims"]:
+        return ""
+    intro = (
+        "<h2>The article's claims, tested by this run</h2>\n"
+        f"<p class='small'>From <i>{_e(summary['article']['title'])}</i> "
+        f"({_e(summary['article']['date'])}), in this project's words. Each verdict is "
+        "computed from the figures of this run with the rule shown; thresholds: "
+        + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
+        + ".</p>"
+    )
+    body, classes = [], []
+    for c in summary["claims"]:
+        body.append([
+            _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
+            _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]),
+            f"<b>{_e(c['verdict'])}</b>",
+        ])  # fmt: skip
+        classes.append(c["verdict"].replace(" ", "").replace("here", ""))
+    head = ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"]
+    return intro + "\n" + _table(head, body, classes)
+
+
+def _server_steps_html(kind: str, server: dict) -> str:
+    """One server's step table, how its run stopped, and its unpinned probe."""
+    parts = [
+        f"<h2>Steps: {_e(kind)}</h2>",
+        f"<p class='small'>Stopped: {_e(server['stop_reason'])}; Locust exit "
+        f"{_e(server['locust_exit'])}, server exit {_e(server['server_exit'])}.</p>",
+        _steps_html(server["steps"]),
+    ]
+    if server.get("server_log_tail"):
+        parts.append(f"<pre class='small'>{_e(server['server_log_tail'])}</pre>")
+    probe = server.get("probe")
+    if probe and probe.get("steps"):
+        parts.append(
+            f"<p>Unpinned probe ({_e(probe['levels'][0])} users, {probe['step_time']:g} s, "
+            "nothing pinned):</p>"
+        )
+        parts.append(_steps_html(probe["steps"]))
+    return "\n".join(parts)
+
+
+def _files_html(summary: dict, out: Path) -> str:
     files = sorted(f.name for f in out.iterdir() if f.is_file())
-    parts.append(
+    return (
         "<h2>Files</h2><p class='small'>Beside this report: "
         + ", ".join(f"<code>{_e(f)}</code>" for f in files)
         + ". <code>summary.json</code> holds every figure; <code>*-samples.jsonl</code> one "
-        "sample per second; <code>*-locust_*.csv</code> Locust's own CSVs.</p>"
+        "sample per second; <code>*-locust_*.csv</code> Locust's own CSVs.</p>\n"
+        f"<p class='small'>Command: <code>{_e(' '.join(summary['command']))}</code></p>"
     )
-    parts.append(f"<p class='small'>Command: <code>{_e(' '.join(summary['command']))}</code></p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def _budget_html(summary: dict) -> str:
@@ -400,33 +441,34 @@ def _headline_html(rows: list[dict]) -> str:
     )  # fmt: skip
 
 
-def _steps_html(rows: list[dict]) -> str:
+STEP_CLASS = {Outcome.INVALID: "invalid", Outcome.LIMIT: "limit", Outcome.TRANSIENT: "invalid"}
+
+
+def _steps_html(rows: list[StepRow]) -> str:
     body, classes = [], []
     for r in rows:
         body.append([
-            _e(r.get("phase", "")), _e(r["users_target"]),
-            _e(_n(r["connections"]) + ("" if r.get("settled", True) else " (not all up)")),
+            _e(r.phase or ""), _e(r.users_target),
+            _e(_n(r.connections) + ("" if r.settled else " (not all up)")),
             _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
-            _e(_n(r["server_fanout_p99_ms"], "{:,.1f}")),
-            _e(_n(r["loop_lag_p99_ms"], "{:,.1f}")),
-            _e(_n(r["deliveries_per_s"])),
-            _e(_n(r["server_cpu_cores"], "{:.2f}")),
-            _e(_n(r.get("cpu_cores_exact"), "{:.2f}")),
-            _e(_n(r.get("throttled_per_s"), "{:.2f}")),
-            _e(_n(r.get("wait_to_run_per_s"), "{:.2f}")),
-            _e(_n(r.get("involuntary_switches_per_delivery"), "{:.3f}")),
-            _e(_n(r["locust_cpu_mean"], "{:.0f}")),
-            _e(_n(r.get("other_cpu_cores"), "{:.2f}")),
-            _e(_n(r.get("busiest_thread_share"), "{:.0%}")),
-            _e(_n((r["rss_bytes"] or 0) / 2**20, "{:.0f}")),
-            _e(_n(r["threads"])), _e(_n(r["open_fds"])),
-            _e(f"{100 * r['failure_ratio']:.2f}"),
-            _e(", ".join(f"{k} {v:.0f}" for k, v in r["disconnects"].items()) or "-"),
-            _e(r["outcome"] + (f": {r['reason']}" if r["reason"] else "")),
+            _e(_n(r.server_fanout_p99_ms, "{:,.1f}")),
+            _e(_n(r.loop_lag_p99_ms, "{:,.1f}")),
+            _e(_n(r.deliveries_per_s)),
+            _e(_n(r.server_cpu_cores, "{:.2f}")),
+            _e(_n(r.cpu_cores_exact, "{:.2f}")),
+            _e(_n(r.throttled_per_s, "{:.2f}")),
+            _e(_n(r.wait_to_run_per_s, "{:.2f}")),
+            _e(_n(r.involuntary_switches_per_delivery, "{:.3f}")),
+            _e(_n(r.locust_cpu_mean, "{:.0f}")),
+            _e(_n(r.other_cpu_cores, "{:.2f}")),
+            _e(_n(r.busiest_thread_share, "{:.0%}")),
+            _e(_n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
+            _e(_n(r.threads)), _e(_n(r.open_fds)),
+            _e(f"{100 * r.failure_ratio:.2f}"),
+            _e(", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
+            _e(r.outcome + (f": {r.reason}" if r.reason else "")),
         ])  # fmt: skip
-        classes.append(
-            {"invalid": "invalid", "limit": "limit", "transient": "invalid"}.get(r["outcome"], "")
-        )
+        classes.append(STEP_CLASS.get(r.outcome, ""))
     return _table(
         ["phase", "users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms",
          "loop lag p99 ms", "deliveries/s", "server CPU (own counter)",

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -85,6 +85,14 @@ class Pinning:
             "Redis and the runner share the machine's CPUs",
         )  # fmt: skip
 
+    @classmethod
+    def one_locust(cls) -> Pinning:
+        """The server on CPU 0 and one Locust process on CPU 1 (Locust capacity), or
+        nothing pinned where that cannot be."""
+        if not pinning.available():
+            return cls(None, None, 1, "not pinned: fewer than 2 CPUs or no taskset")
+        return cls(pinning.SERVER_CPU, "1", 1, "server on CPU 0, 1 Locust process on CPU 1")
+
     def unpinned(self) -> Pinning:
         return Pinning(None, None, self.locust_processes, "nothing pinned (probe)")
 
@@ -111,6 +119,7 @@ class RunOptions:
     task_cap: bool = False  # cap each server's tasks below what the machine has left
     progress_every: float = 5.0
     echo: bool = True
+    label: str = "compare"  # the prefix of the lines it prints
 
     @property
     def latency_name(self) -> str:
@@ -119,7 +128,7 @@ class RunOptions:
 
 def say(options: RunOptions, text: str) -> None:
     if options.echo:
-        print(f"[compare] {text}", flush=True)
+        print(f"[{options.label}] {text}", flush=True)
 
 
 def run_server(
@@ -249,7 +258,16 @@ class Mark:
 class StepDriver:
     """Drives one Locust run against a running server: samples, marks, judges, stops."""
 
-    def __init__(self, name, options, server, plan: StepPlan, window, pinning, cpu_budget) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: RunOptions,
+        server: ServerProcess,
+        plan: StepPlan,
+        window: float,
+        pinning: Pinning,
+        cpu_budget: CpuBudget | None,
+    ) -> None:
         self.name = name
         self.pinning = pinning
         self.options = options
@@ -259,7 +277,7 @@ class StepDriver:
         self.window = window
         self.cpu_budget = cpu_budget
         self.samples: list[dict] = []
-        self.rows: list[dict] = []
+        self.rows: list[steps.StepRow] = []
         self.marks: dict[tuple[int, str], Mark] = {}  # (step, "from" | "to")
         self.t0: float | None = None
         self.settled: dict[int, bool] = {}
@@ -307,11 +325,14 @@ class StepDriver:
             index, step.users, start, end, max(1.0, window), self.samples,
             self.options.profile.limits, exited=exited,
         )  # fmt: skip
-        row["ramp_end"] = self.t0 + step.ramp_end
-        row["run"] = self.name  # the raw samples are in <run>-samples.jsonl
-        row["settled"] = self.settled.get(index, False)
-        row["judged_from"] = end - max(1.0, window)
-        row.update(evidence(self.marks.get((index, "from")), self.marks.get((index, "to")), row))
+        row = replace(
+            row,
+            ramp_end=self.t0 + step.ramp_end,
+            run=self.name,
+            settled=self.settled.get(index, False),
+            judged_from=end - max(1.0, window),
+            **evidence(self.marks.get((index, "from")), self.marks.get((index, "to")), row),
+        )
         self.rows.append(row)
         _step_line(self.options, row, len(self.steps))
 
@@ -376,56 +397,74 @@ class StepDriver:
             "files": sorted(p.name for p in out.glob(f"{self.name}-*")),
         }
 
-    def _loop(self, locust: subprocess.Popen, take) -> str:
-        """Sample once a second until the plan ends or the rows decide the run."""
-        limits = self.options.profile.limits
-        count = len(self.steps)
+    def _loop(self, locust: subprocess.Popen, take: Callable[[], dict]) -> str:
+        """Sample once a second until the plan ends or the rows decide the run; return why
+        it stopped."""
         started = time.time()
         deadline = started + STARTUP_GRACE + self.plan.duration + 15
         next_progress = 0.0
         while True:
             sample = take()
             now = sample["t"]
-            if self.t0 is None:
-                if steps._get(sample, "locust", "users"):
-                    self.t0 = now - 0.1  # polled every 0.2 s until here: the shape's start
-                    self.locust_rss_at_start = sample.get("locust_rss")
-                elif locust.poll() is not None or now - started > STARTUP_GRACE:
+            if self.t0 is None and not self._started(sample):
+                if locust.poll() is not None or now - started > STARTUP_GRACE:
                     return "Locust did not start"
-                else:
-                    time.sleep(0.2)
-                    continue
+                time.sleep(0.2)
+                continue
             self._due_marks(sample)
-            # Judge every step that has ended (1 s of slack so that its last sample is in).
-            while len(self.rows) < count and now >= self.t0 + self.steps[len(self.rows)].end + 1:
-                self.judge(len(self.rows))
-            if self.server.proc.poll() is not None:
-                if len(self.rows) < count:  # the step it died in, cut short
-                    self.marks.setdefault((len(self.rows), "to"), self.mark())
-                    self.judge(len(self.rows), end=now, exited=True)
-                return f"server exited with {self.server.proc.returncode}"
-            if steps.should_stop(self.rows, limits):
-                return next(
-                    (r["reason"] for r in self.rows if r["outcome"] == "limit"),
-                    self.rows[-1]["reason"],
-                )
-            if len(self.rows) == count:
-                return "last step done"
-            if locust.poll() is not None:
-                # The shape ends Locust at the end of its last step: judge what is left.
-                while (
-                    len(self.rows) < count
-                    and now > self.t0 + self.steps[len(self.rows)].ramp_end + self.window / 2
-                ):
-                    self.marks.setdefault((len(self.rows), "to"), self.mark())
-                    self.judge(len(self.rows), end=now)
-                return f"Locust exited with {locust.returncode}"
-            if now > deadline:
-                return "deadline"
+            self._judge_ended(now)
+            stop = self._stop_reason(locust, now)
+            if stop is None and now > deadline:
+                stop = "deadline"
+            if stop is not None:
+                return stop
             if now >= next_progress:
                 next_progress = now + self.options.progress_every
                 self._progress()
             time.sleep(max(0.0, 1.0 - (time.time() - now)))
+
+    def _started(self, sample: dict) -> bool:
+        """Whether Locust's first user has started; sets the plan's time zero when it has."""
+        if not steps._get(sample, "locust", "users"):
+            return False
+        self.t0 = sample["t"] - 0.1  # polled every 0.2 s until here: the shape's start
+        self.locust_rss_at_start = sample.get("locust_rss")
+        return True
+
+    def _judge_ended(self, now: float) -> None:
+        """Judge every step that has ended (1 s of slack so that its last sample is in)."""
+        while len(self.rows) < len(self.steps):
+            if now < self.t0 + self.steps[len(self.rows)].end + 1:
+                break
+            self.judge(len(self.rows))
+
+    def _stop_reason(self, locust: subprocess.Popen, now: float) -> str | None:
+        """Why the run must stop now (None: it goes on). A server that exited, a limit or
+        too many invalid steps, the last step judged, or Locust gone; the step that was
+        under way when the server or Locust went is judged up to now."""
+        count = len(self.steps)
+        if self.server.proc.poll() is not None:
+            if len(self.rows) < count:  # the step it died in, cut short
+                self.marks.setdefault((len(self.rows), "to"), self.mark())
+                self.judge(len(self.rows), end=now, exited=True)
+            return f"server exited with {self.server.proc.returncode}"
+        if steps.should_stop(self.rows, self.options.profile.limits):
+            return next(
+                (r.reason for r in self.rows if r.outcome == steps.Outcome.LIMIT),
+                self.rows[-1].reason,
+            )
+        if len(self.rows) == count:
+            return "last step done"
+        if locust.poll() is not None:
+            # The shape ends Locust at the end of its last step: judge what is left.
+            while (
+                len(self.rows) < count
+                and now > self.t0 + self.steps[len(self.rows)].ramp_end + self.window / 2
+            ):
+                self.marks.setdefault((len(self.rows), "to"), self.mark())
+                self.judge(len(self.rows), end=now)
+            return f"Locust exited with {locust.returncode}"
+        return None
 
     def _progress(self) -> None:
         """One line: server, step, users, p99 and deliveries/s over the last few seconds."""
@@ -452,7 +491,7 @@ class StepDriver:
         )
 
 
-def evidence(first: Mark | None, last: Mark | None, row: dict) -> dict:
+def evidence(first: Mark | None, last: Mark | None, row: steps.StepRow) -> dict:
     """Why a step went as it did, from two marks of the server's threads: exact CPU,
     time spent waiting to run, context switches per delivery, throttling, busiest thread."""
     out = {
@@ -469,7 +508,7 @@ def evidence(first: Mark | None, last: Mark | None, row: dict) -> dict:
     if delta["cpu_seconds"] is not None:
         out["cpu_cores_exact"] = delta["cpu_seconds"] / seconds
         out["wait_to_run_per_s"] = delta["wait_seconds"] / seconds
-        deliveries = (row.get("deliveries_per_s") or 0) * seconds
+        deliveries = (row.deliveries_per_s or 0) * seconds
         if deliveries > 0:
             out["voluntary_switches_per_delivery"] = delta["voluntary"] / deliveries
             out["involuntary_switches_per_delivery"] = delta["involuntary"] / deliveries
@@ -512,13 +551,13 @@ def _stop(locust: subprocess.Popen) -> int:
     return stop_process(locust, signal.SIGTERM, STOP_GRACE)
 
 
-def _step_line(options, row, count) -> None:
+def _step_line(options: RunOptions, row: steps.StepRow, count: int) -> None:
     say(
         options,
-        f"  step {row['index'] + 1}/{count} done: {row['users_target']} users, "
-        f"p99 {_ms(_s(row['latency_p99_ms']))}, deliveries/s {_num(row['deliveries_per_s'])}, "
-        f"failures {100 * row['failure_ratio']:.2f}% -> {row['outcome']}"
-        + (f" ({row['reason']})" if row["reason"] else ""),
+        f"  step {row.index + 1}/{count} done: {row.users_target} users, "
+        f"p99 {_ms(_s(row.latency_p99_ms))}, deliveries/s {_num(row.deliveries_per_s)}, "
+        f"failures {100 * row.failure_ratio:.2f}% -> {row.outcome}"
+        + (f" ({row.reason})" if row.reason else ""),
     )
 
 
@@ -544,7 +583,7 @@ def _cores(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} cores"
 
 
-def _add_locust_percentiles(rows: list[dict], history: Path, name: str) -> None:
+def _add_locust_percentiles(rows: list[steps.StepRow], history: Path, name: str) -> None:
     """Add Locust's own p50/p99 (its last 10 s, from --csv-full-history) at each step's end."""
     if not history.exists():
         return
@@ -555,9 +594,9 @@ def _add_locust_percentiles(rows: list[dict], history: Path, name: str) -> None:
                 continue
             points.append((int(record["Timestamp"]), _float(record["50%"]), _float(record["99%"])))
     for row in rows:
-        before = [p for p in points if p[0] <= row["end"]]
+        before = [p for p in points if p[0] <= row.end]
         if before:
-            _, row["locust_p50_ms"], row["locust_p99_ms"] = before[-1]
+            _, row.locust_p50_ms, row.locust_p99_ms = before[-1]
 
 
 def _float(text: str) -> float | None:

@@ -8,7 +8,7 @@ A sample is a plain dict (one JSON line in ``<server>-samples.jsonl``):
   when it did not answer): gauges, counters by reason, and the cumulative
   buckets of ``chat_fanout_seconds`` and ``chat_event_loop_lag_seconds``;
 - ``locust``: Locust's exporter (users, requests and failures by name, the
-  response-time buckets of the scenario latency, its own CPU gauge);
+  response-time buckets of the scenario latency and their sum, its own CPU gauge);
 - ``locust_cpu``: CPU % of the Locust process tree, measured here with psutil
   (one core = 100), so saturation is seen even without the exporter;
   ``locust_cpu_busiest``: CPU % of its busiest process (with ``--processes``
@@ -77,6 +77,7 @@ def locust_view(flat: dict | None, latency_name: str) -> dict | None:
         "requests": by_name("locust_requests_total"),
         "failures": by_name("locust_failures_total"),
         "latency": flat.get(f"hist:locust_response_time_seconds{{name={latency_name}}}"),
+        "latency_sum": flat.get(f"locust_response_time_seconds_sum{{name={latency_name}}}"),
         "cpu_percent": flat.get("locust_cpu_percent"),
         "saturated": flat.get("locust_cpu_saturated"),
     }

@@ -23,6 +23,10 @@ Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the 
    receptions took longer than the SLO" (exact when the SLO is a bucket bound);
 7. otherwise ``ok``.
 
+A run that measures the load generator rather than the server
+(``StepRules.judge_server`` false: the Locust capacity profile) skips rules 5
+and 6: its steps are ok until Locust's CPU passes the threshold.
+
 A latency or failure breach must be confirmed: if the next (bigger) step is
 ok, the breach is relabelled ``transient`` and the run goes on; two breaches in
 a row, or a breach on the last step, make the limit (the first of them).
@@ -39,6 +43,7 @@ each on a freshly started server, between the last good step and that breach
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from itertools import pairwise
 from typing import NamedTuple
@@ -149,9 +154,120 @@ def _by_reason(a: dict | None, b: dict | None, part: str, key: str, skip=()) -> 
     return {k: v for k, v in out.items() if v}
 
 
+def _mean_ms(a: dict | None, b: dict | None, count: float | None) -> float | None:
+    """Mean of the scenario latency between two Locust samples (its histogram's sum)."""
+    before, after = _get(a, "locust", "latency_sum"), _get(b, "locust", "latency_sum")
+    if before is None or after is None or not count:
+        return None
+    return 1000.0 * (after - before) / count
+
+
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+@dataclass
+class StepRow:
+    """One step reduced to its figures and its judgement (see the rules above).
+
+    summary.json stores it as a dict (:meth:`to_dict`); :meth:`from_dict` reads
+    the rows of older reports too (a figure they lack is ``None``). Figures are
+    ``None`` when the samples could not give them (a scrape that never answered).
+    """
+
+    index: int
+    users_target: int
+    start: float  # wall clock
+    end: float
+    window_s: float = 0.0  # seconds actually judged (samples' span)
+    # At the step's end: Locust's users, and the server's state
+    users: float | None = None
+    connections: float | None = None
+    rss_bytes: float | None = None
+    vms_bytes: float | None = None
+    open_fds: float | None = None
+    threads: float | None = None
+    rooms: float | None = None
+    # Over the judged window: throughput, CPU, latency
+    server_cpu_cores: float | None = None  # the server's own counter
+    server_cpu_cores_max: float | None = None  # its busiest PEAK_SPAN seconds
+    deliveries_per_s: float | None = None
+    received_per_s: float | None = None
+    fanout_receptions_per_s: float | None = None  # fan-out and acks Locust received
+    latency_count: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_mean_ms: float | None = None
+    latency_over_slo_share: float | None = None
+    server_fanout_p99_ms: float | None = None
+    loop_lag_p99_ms: float | None = None
+    # Over the whole step: requests, failures, refusals, disconnects, drops
+    requests: float = 0.0
+    failures: float = 0.0
+    failure_ratio: float = 0.0
+    failures_by_name: dict[str, float] = field(default_factory=dict)
+    connects: float = 0.0
+    connect_failures: float = 0.0
+    rejected: dict[str, float] = field(default_factory=dict)  # by reason
+    disconnects: dict[str, float] = field(default_factory=dict)  # by reason
+    dropped: dict[str, float] = field(default_factory=dict)  # by reason
+    # Load generator and machine (CPU in % of one core, or of every CPU for the machine)
+    locust_cpu_mean: float | None = None
+    locust_cpu_max: float | None = None
+    locust_busiest_cpu_mean: float | None = None  # the busiest Locust process
+    machine_cpu_mean: float | None = None
+    other_cpu_cores: float | None = None  # everything but this server and its Locust
+    cpus: int = CPUS
+    server_missed_scrapes: int = 0
+    server_silent_s: float = 0.0
+    server_exited: bool = False
+    server_up: bool = True
+    # Connections at scale (c100k): the kernel's sockets, Locust's memory, handshakes
+    handshakes_per_s_peak: float | None = None
+    tcp_sockets: float | None = None
+    tcp_mem_bytes: float | None = None
+    tcp_time_wait: float | None = None
+    locust_rss_bytes: float | None = None
+    machine_memory_used_bytes: float | None = None
+    memory_total_bytes: float = MEMORY_BYTES
+    # The judgement
+    outcome: Outcome = Outcome.OK
+    criterion: Criterion | None = None  # for a limit (and a transient breach)
+    reason: str = ""  # the criterion in words, with the figures that met it
+    # Added by the runner: where the step's raw samples are, and its window
+    run: str | None = None  # the raw samples are in <run>-samples.jsonl
+    phase: str | None = None  # "climb" or "narrow" (knee); None in a run of its own
+    ramp_end: float | None = None
+    judged_from: float | None = None
+    settled: bool = True  # the server held 99 % of the step's users when the window began
+    # Added by the runner: the server's threads over the window (schedstat), Locust's own p99
+    thread_cpu_seconds: float | None = None
+    busiest_thread_share: float | None = None
+    cpu_cores_exact: float | None = None
+    wait_to_run_per_s: float | None = None
+    voluntary_switches_per_delivery: float | None = None
+    involuntary_switches_per_delivery: float | None = None
+    throttled_per_s: float | None = None
+    locust_p50_ms: float | None = None
+    locust_p99_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StepRow:
+        """A row from summary.json, of this version or an older one (unknown keys are
+        dropped, missing ones take their defaults)."""
+        names = {f.name for f in fields(cls)}
+        row = cls(**{k: v for k, v in data.items() if k in names})
+        row.outcome = Outcome(row.outcome)
+        if row.criterion is not None:
+            row.criterion = Criterion(row.criterion)
+        elif row.outcome in (Outcome.LIMIT, Outcome.TRANSIENT):
+            # Rows written before the criterion was stored: its words start with it.
+            row.criterion = next((c for c in Criterion if row.reason.startswith(c)), None)
+        return row
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def summarize(
@@ -163,8 +279,8 @@ def summarize(
     samples: list[dict],
     limits: StepRules,
     exited: bool = False,
-) -> dict:
-    """One row for the step ``[start, end]`` from the run's samples.
+) -> StepRow:
+    """One row for the step ``[start, end]`` from the run's samples, judged.
 
     ``exited``: the server process ended during this step (the runner saw it).
     """
@@ -183,8 +299,6 @@ def summarize(
 
     requests = _sum_delta(l_first, l_last, "locust", "requests", IGNORED_FAILURES)
     failures = _sum_delta(l_first, l_last, "locust", "failures", IGNORED_FAILURES)
-    connects = _by_reason(l_first, l_last, "locust", "requests").get("connect", 0.0)
-    connect_failures = _by_reason(l_first, l_last, "locust", "failures").get("connect", 0.0)
     received_by_locust = _by_reason(lw_first, l_last, "locust", "requests")
 
     def ms(value: float | None) -> float | None:
@@ -193,69 +307,66 @@ def summarize(
     def per_s(count: float) -> float | None:
         return count / l_seconds if l_seconds > 0 else None
 
-    row = {
-        "index": index,
-        "users_target": target,
-        "start": start,
-        "end": end,
-        "window_s": round(seconds, 2),
-        "users": _get(l_last, "locust", "users"),
-        "connections": _get(last, "server", "connections"),
-        "rss_bytes": _get(last, "server", "rss"),
-        "vms_bytes": _get(last, "server", "vms"),
-        "open_fds": _get(last, "server", "fds"),
-        "threads": _get(last, "server", "threads"),
-        "rooms": _get(last, "server", "rooms"),
-        "server_cpu_cores": _rate(w_first, last, "cpu_seconds"),
-        "server_cpu_cores_max": _peak_rate(inside, "cpu_seconds"),
-        "deliveries_per_s": _rate(w_first, last, "delivered"),
-        "received_per_s": _rate(w_first, last, "received"),
-        "fanout_receptions_per_s": per_s(
+    silent_s = silence(samples, start, end)
+    row = StepRow(
+        index=index,
+        users_target=target,
+        start=start,
+        end=end,
+        window_s=round(seconds, 2),
+        users=_get(l_last, "locust", "users"),
+        connections=_get(last, "server", "connections"),
+        rss_bytes=_get(last, "server", "rss"),
+        vms_bytes=_get(last, "server", "vms"),
+        open_fds=_get(last, "server", "fds"),
+        threads=_get(last, "server", "threads"),
+        rooms=_get(last, "server", "rooms"),
+        server_cpu_cores=_rate(w_first, last, "cpu_seconds"),
+        server_cpu_cores_max=_peak_rate(inside, "cpu_seconds"),
+        deliveries_per_s=_rate(w_first, last, "delivered"),
+        received_per_s=_rate(w_first, last, "received"),
+        fanout_receptions_per_s=per_s(
             received_by_locust.get("fanout", 0.0) + received_by_locust.get("ack", 0.0)
         ),
-        "latency_count": prom.count(latency),
-        "latency_p50_ms": ms(prom.quantile(0.5, latency)),
-        "latency_p99_ms": ms(prom.quantile(limits.slo_quantile, latency)),
-        "latency_over_slo_share": prom.share_above(slo_s, latency),
-        "server_fanout_p99_ms": ms(prom.quantile(0.99, server_fanout)),
-        "loop_lag_p99_ms": ms(prom.quantile(0.99, loop_lag)),
-        "requests": requests,
-        "failures": failures,
-        "failure_ratio": failures / requests if requests else 0.0,
-        "failures_by_name": _by_reason(first, last, "locust", "failures", IGNORED_FAILURES),
-        "connects": connects,
-        "connect_failures": connect_failures,
-        "rejected": _by_reason(first, last, "server", "rejected"),
-        "disconnects": _by_reason(first, last, "server", "disconnects"),
-        "dropped": _by_reason(first, last, "server", "dropped"),
-        "locust_cpu_mean": _mean([s.get("locust_cpu") for s in inside]),
-        "locust_cpu_max": max(
+        latency_count=prom.count(latency),
+        latency_p50_ms=ms(prom.quantile(0.5, latency)),
+        latency_p99_ms=ms(prom.quantile(limits.slo_quantile, latency)),
+        latency_over_slo_share=prom.share_above(slo_s, latency),
+        latency_mean_ms=_mean_ms(lw_first, l_last, prom.count(latency)),
+        server_fanout_p99_ms=ms(prom.quantile(0.99, server_fanout)),
+        loop_lag_p99_ms=ms(prom.quantile(0.99, loop_lag)),
+        requests=requests,
+        failures=failures,
+        failure_ratio=failures / requests if requests else 0.0,
+        failures_by_name=_by_reason(first, last, "locust", "failures", IGNORED_FAILURES),
+        connects=_by_reason(l_first, l_last, "locust", "requests").get("connect", 0.0),
+        connect_failures=_by_reason(l_first, l_last, "locust", "failures").get("connect", 0.0),
+        rejected=_by_reason(first, last, "server", "rejected"),
+        disconnects=_by_reason(first, last, "server", "disconnects"),
+        dropped=_by_reason(first, last, "server", "dropped"),
+        locust_cpu_mean=_mean([s.get("locust_cpu") for s in inside]),
+        locust_cpu_max=max(
             (s["locust_cpu"] for s in inside if s.get("locust_cpu") is not None), default=None
         ),
-        "locust_busiest_cpu_mean": _mean(
+        locust_busiest_cpu_mean=_mean(
             [s.get("locust_cpu_busiest", s.get("locust_cpu")) for s in inside]
         ),
-        "machine_cpu_mean": _mean([s.get("machine_cpu") for s in inside]),
-        "cpus": CPUS,
-        "server_missed_scrapes": sum(
+        machine_cpu_mean=_mean([s.get("machine_cpu") for s in inside]),
+        server_missed_scrapes=sum(
             1 for s in samples if start <= s["t"] <= end and s.get("server") is None
         ),
-        "server_silent_s": silence(samples, start, end),
-        # Connections at scale (c100k): the kernel's sockets, Locust's memory, handshakes
-        "handshakes_per_s_peak": _peak_rate(
-            [s for s in samples if start <= s["t"] <= end], "opened"
-        ),
-        "tcp_sockets": _sockstat(last, "inuse"),
-        "tcp_mem_bytes": _sockstat(last, "mem_bytes"),
-        "tcp_time_wait": _sockstat(last, "tw"),
-        "locust_rss_bytes": (l_last or {}).get("locust_rss"),
-        "machine_memory_used_bytes": (last or {}).get("machine_memory_used"),
-        "memory_total_bytes": MEMORY_BYTES,
-    }
-    row["server_exited"] = exited
-    row["server_up"] = row["server_silent_s"] < limits.server_silent_s
-    row["other_cpu_cores"] = other_cpu(row)
-    row["outcome"], row["criterion"], row["reason"] = judge(row, limits)
+        server_silent_s=silent_s,
+        server_exited=exited,
+        server_up=silent_s < limits.server_silent_s,
+        handshakes_per_s_peak=_peak_rate([s for s in samples if start <= s["t"] <= end], "opened"),
+        tcp_sockets=_sockstat(last, "inuse"),
+        tcp_mem_bytes=_sockstat(last, "mem_bytes"),
+        tcp_time_wait=_sockstat(last, "tw"),
+        locust_rss_bytes=(l_last or {}).get("locust_rss"),
+        machine_memory_used_bytes=(last or {}).get("machine_memory_used"),
+    )
+    row.other_cpu_cores = other_cpu(row)
+    row.outcome, row.criterion, row.reason = judge(row, limits)
     return row
 
 
@@ -273,27 +384,26 @@ def silence(samples: list[dict], start: float, end: float) -> float:
     return longest
 
 
-def other_cpu(row: dict) -> float | None:
+def other_cpu(row: StepRow) -> float | None:
     """Cores used by everything but this server and its Locust (other work on a shared machine)."""
-    machine, server = row["machine_cpu_mean"], row["server_cpu_cores"]
-    locust = row["locust_cpu_mean"]
+    machine, server, locust = row.machine_cpu_mean, row.server_cpu_cores, row.locust_cpu_mean
     if machine is None or server is None or locust is None:
         return None
-    return max(0.0, machine / 100 * row["cpus"] - server - locust / 100)
+    return max(0.0, machine / 100 * row.cpus - server - locust / 100)
 
 
-def judge(row: dict, limits: StepRules) -> Judgement:
+def judge(row: StepRow, limits: StepRules) -> Judgement:
     """What one step row says: ok, a limit (and by which criterion), or invalid."""
     limit = Outcome.LIMIT
-    if row.get("server_exited"):
+    if row.server_exited:
         return Judgement(limit, Criterion.DIED, "died (the server process exited)")
-    if not row["server_up"]:
+    if not row.server_up:
         return Judgement(limit, Criterion.UNRESPONSIVE, (
-            f"unresponsive (/metrics did not answer for {row['server_silent_s']:.0f} s; "
+            f"unresponsive (/metrics did not answer for {row.server_silent_s:.0f} s; "
             "the process was alive)"
         ))  # fmt: skip
-    connects, failed = row["connects"], row["connect_failures"]
-    refused = int(sum(row["rejected"].values()))
+    connects, failed = row.connects, row.connect_failures
+    refused = int(sum(row.rejected.values()))
     too_many = connects and failed / connects > limits.max_connect_failure_ratio
     if too_many and not refused:
         return Judgement(limit, Criterion.UNRESPONSIVE, (
@@ -304,24 +414,25 @@ def judge(row: dict, limits: StepRules) -> Judgement:
         return Judgement(limit, Criterion.REFUSED, (
             f"refused ({refused} rejected, {int(failed)} of {int(connects)} connects failed)"
         ))  # fmt: skip
-    rss, budget = (
-        row.get("rss_bytes"),
-        limits.max_memory_share * row.get("memory_total_bytes", MEMORY_BYTES),
-    )
+    rss, budget = row.rss_bytes, limits.max_memory_share * row.memory_total_bytes
     if rss is not None and rss > budget:
         return Judgement(limit, Criterion.MEMORY, (
             f"memory (RSS {rss / 2**30:.1f} GiB > {limits.max_memory_share:.0%} of RAM)"
         ))  # fmt: skip
-    cpu = row.get("locust_busiest_cpu_mean", row["locust_cpu_mean"])
+    cpu = row.locust_busiest_cpu_mean
+    if cpu is None:
+        cpu = row.locust_cpu_mean
     if cpu is not None and cpu > limits.locust_cpu_saturated:
         return Judgement(Outcome.INVALID, None, (
             f"load generator CPU {cpu:.0f}% > {limits.locust_cpu_saturated:.0f}%"
         ))  # fmt: skip
-    if row["failure_ratio"] > limits.max_failure_ratio:
+    if not limits.judge_server:
+        return Judgement(Outcome.OK, None, "")
+    if row.failure_ratio > limits.max_failure_ratio:
         return Judgement(limit, Criterion.FAILURES, (
-            f"failures {100 * row['failure_ratio']:.1f}% > {100 * limits.max_failure_ratio:.0f}%"
+            f"failures {100 * row.failure_ratio:.1f}% > {100 * limits.max_failure_ratio:.0f}%"
         ))  # fmt: skip
-    over = row["latency_over_slo_share"]
+    over = row.latency_over_slo_share
     if over is not None and over > 1.0 - limits.slo_quantile:
         return Judgement(limit, Criterion.SLO, (
             f"p99 over SLO ({100 * over:.1f}% of receptions > {limits.slo_ms:.0f} ms)"
@@ -329,11 +440,11 @@ def judge(row: dict, limits: StepRules) -> Judgement:
     return Judgement(Outcome.OK, None, "")
 
 
-def _hard(row: dict) -> bool:
-    return row["outcome"] == Outcome.LIMIT and row.get("criterion") in HARD_CRITERIA
+def _hard(row: StepRow) -> bool:
+    return row.outcome == Outcome.LIMIT and row.criterion in HARD_CRITERIA
 
 
-def confirm(rows: list[dict]) -> None:
+def confirm(rows: list[StepRow]) -> None:
     """Relabel a latency or failure breach followed by an ok step as ``transient``.
 
     The load only grows from step to step, so a server that was over the SLO at
@@ -342,16 +453,12 @@ def confirm(rows: list[dict]) -> None:
     or followed by another breach or an invalid step, stands.
     """
     for row, following in pairwise(rows):
-        if (
-            row["outcome"] == Outcome.LIMIT
-            and not _hard(row)
-            and following["outcome"] == Outcome.OK
-        ):
-            row["outcome"] = Outcome.TRANSIENT
-            row["reason"] = f"{row['reason']}; not confirmed by the next step"
+        if row.outcome == Outcome.LIMIT and not _hard(row) and following.outcome == Outcome.OK:
+            row.outcome = Outcome.TRANSIENT
+            row.reason = f"{row.reason}; not confirmed by the next step"
 
 
-def verdict(rows: list[dict], limits: StepRules, finished: bool) -> dict:
+def verdict(rows: list[StepRow], limits: StepRules, finished: bool) -> dict:
     """The server's limit from its step rows (in order); relabels transient breaches.
 
     ``finished``: the step plan ran to its end (else it was cut short).
@@ -360,20 +467,20 @@ def verdict(rows: list[dict], limits: StepRules, finished: bool) -> dict:
     last_ok = None
     invalid_run = 0
     for row in rows:
-        if row["outcome"] == Outcome.LIMIT:
+        if row.outcome == Outcome.LIMIT:
             return {
                 "reached": True,
-                "users": row["users_target"],
-                "criterion": row["reason"],
-                "step": row["index"],
-                "last_ok_users": last_ok["users_target"] if last_ok else None,
-                "last_ok_step": last_ok["index"] if last_ok else None,
+                "users": row.users_target,
+                "criterion": row.reason,
+                "step": row.index,
+                "last_ok_users": last_ok.users_target if last_ok else None,
+                "last_ok_step": last_ok.index if last_ok else None,
             }
-        if row["outcome"] == Outcome.INVALID:
+        if row.outcome == Outcome.INVALID:
             invalid_run += 1
             if invalid_run >= limits.invalid_steps_to_stop:
                 break
-        elif row["outcome"] == Outcome.OK:
+        elif row.outcome == Outcome.OK:
             invalid_run = 0
             last_ok = row
     why = "max step" if finished and invalid_run < limits.invalid_steps_to_stop else None
@@ -388,20 +495,20 @@ def verdict(rows: list[dict], limits: StepRules, finished: bool) -> dict:
         "users": None,
         "criterion": f"not reached ({why})",
         "step": None,
-        "last_ok_users": last_ok["users_target"] if last_ok else None,
-        "last_ok_step": last_ok["index"] if last_ok else None,
+        "last_ok_users": last_ok.users_target if last_ok else None,
+        "last_ok_step": last_ok.index if last_ok else None,
     }
 
 
-def should_stop(rows: list[dict], limits: StepRules) -> bool:
+def should_stop(rows: list[StepRow], limits: StepRules) -> bool:
     """True once the rows so far decide the run: a hard limit (died, unresponsive,
-    refused), two
-    breaches in a row (a confirmed limit), or too many invalid steps in a row."""
+    refused, memory), two breaches in a row (a confirmed limit), or too many invalid
+    steps in a row."""
     if any(_hard(r) for r in rows):
         return True
-    if len(rows) >= 2 and all(r["outcome"] == Outcome.LIMIT for r in rows[-2:]):
+    if len(rows) >= 2 and all(r.outcome == Outcome.LIMIT for r in rows[-2:]):
         return True
     tail = rows[-limits.invalid_steps_to_stop :]
     return len(tail) == limits.invalid_steps_to_stop and all(
-        r["outcome"] == Outcome.INVALID for r in tail
+        r.outcome == Outcome.INVALID for r in tail
     )

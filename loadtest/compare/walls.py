@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loadtest.compare.steps import StepRow
 from loadtest.taskcap import TaskCap
 
 WALL_MARK = "refusing new connections"  # the servers' warning at a wall (threaded_server)
@@ -45,29 +46,13 @@ def describe(run: dict, machine: dict) -> str | None:
     limit = run.get("limit") or {}
     if not limit.get("reached"):
         return None
-    rows = [r for r in run["steps"] if r["index"] == limit.get("step")]
-    row = rows[0] if rows else {}
+    row = next((r for r in run["steps"] if r.index == limit.get("step")), None)
     # The run the limit step belongs to: the climb, or one of the narrowing runs.
-    source = next((n for n in run.get("narrowing") or [] if n.get("name") == row.get("run")), run)
+    source = next((n for n in run.get("narrowing") or [] if row and n.get("name") == row.run), run)
     wall = source.get("wall") or {}
-    rejected = row.get("rejected") or {}
     parts = [f"{run['name']}: {limit['criterion']} at {limit['users']:,} users"]
-    if rejected:
-        parts.append(
-            "refusals by reason " + ", ".join(f"{k} {v:,.0f}" for k, v in rejected.items())
-        )
-    if row.get("threads") is not None:
-        parts.append(
-            f"its {run.get('workers', 1)} processes held {row['threads']:,.0f} threads and "
-            f"{(row.get('connections') or 0):,.0f} connections"
-        )
-    cpus = machine.get("cpus") or 1
-    if row.get("cpu_cores_exact") is not None and row.get("wait_to_run_per_s") is not None:
-        parts.append(
-            f"over its last seconds its threads used {min(row['cpu_cores_exact'], cpus):.1f} of "
-            f"the machine's {cpus} CPUs and spent {row['wait_to_run_per_s']:,.0f} s "
-            "per second waiting to run (that many threads runnable at once, on average)"
-        )
+    if row is not None:
+        parts += _step_evidence(row, run.get("workers", 1), machine.get("cpus") or 1)
     failures = source.get("locust_failures") or []
     if failures:
         top = failures[0]
@@ -82,6 +67,27 @@ def describe(run: dict, machine: dict) -> str | None:
             f"threads-max {machine.get('threads_max')})"
         )
     return "; ".join(parts) + "."
+
+
+def _step_evidence(row: StepRow, workers: int, cpus: int) -> list[str]:
+    """What the limit step's own figures say: refusals, threads held, CPU and waiting."""
+    parts = []
+    if row.rejected:
+        parts.append(
+            "refusals by reason " + ", ".join(f"{k} {v:,.0f}" for k, v in row.rejected.items())
+        )
+    if row.threads is not None:
+        parts.append(
+            f"its {workers} processes held {row.threads:,.0f} threads and "
+            f"{(row.connections or 0):,.0f} connections"
+        )
+    if row.cpu_cores_exact is not None and row.wait_to_run_per_s is not None:
+        parts.append(
+            f"over its last seconds its threads used {min(row.cpu_cores_exact, cpus):.1f} of "
+            f"the machine's {cpus} CPUs and spent {row.wait_to_run_per_s:,.0f} s "
+            "per second waiting to run (that many threads runnable at once, on average)"
+        )
+    return parts
 
 
 def _message(line: str) -> str:
