@@ -30,6 +30,7 @@ from loadtest.redisproc import REDIS_SERVER, RedisProcess
 from loadtest.serverproc import PROJECT_ROOT
 
 SOURCE_BASE = "127.0.0.2"  # spread profiles: Locust process k connects from 127.0.0.2 + k
+SPREAD_PING_INTERVAL = 30  # s: the servers' keepalive interval in spread profiles
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,7 +124,9 @@ def run(args, argv, prof: Profile, out: Path, stack: ExitStack) -> int:
             "CPUs, as the scale-out run)"
         )
         redis = spread_redis(stack)
-        server_args += ["--broker", redis.url]
+        # The idle users ping every 20-30 s: with the keepalive interval just above that,
+        # the servers ping none of them (common/keepalive.py pings only silent clients).
+        server_args += ["--broker", redis.url, "--ping-interval", str(SPREAD_PING_INTERVAL)]
         locust_args += ["--source-address", SOURCE_BASE, "--heartbeat-liveness", "30"]
     else:
         redis = None

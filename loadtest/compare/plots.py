@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from loadtest.compare import figures
 from loadtest.compare.steps import StepRow
@@ -29,6 +29,7 @@ STYLE = {
 DPI = 100
 SIZE = (7.5, 4.2)
 THOUSANDS = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+THOUSANDS_SHORT = FuncFormatter(lambda v, _pos: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}")
 
 PLOTS = {
     "latency.png": "Fan-out latency (p50, p99) vs users",
@@ -225,8 +226,9 @@ def errors(runs: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+def _save(fig, path: Path, bottom: float = 0.0) -> None:
+    """Lay out (leaving ``bottom`` of the figure's height for a note) and write ``path``."""
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
@@ -269,7 +271,7 @@ CONNECTIONS_PLOT = ("connections.png", "Memory and ping p99 vs connections, with
 def connections(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     """Server RSS (summed over its processes) and p99 vs connections held, each server's
     wall (its limit) marked with a vertical line."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 2, SIZE[1]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 4, SIZE[1] + 0.5))
     for run in runs:
         _plot(left, run, "connections", lambda r: (r.rss_bytes or 0) / 2**30)
         _plot(right, run, "connections", figures.p99, label_suffix=" p99")
@@ -285,6 +287,10 @@ def connections(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     left.set_ylim(bottom=0)
     _finish(left, "Server RSS, all its processes", "connections held", "GiB")
     _finish(right, f"{name} p99 seen by Locust", "connections held", "ms (log scale)")
+    for ax in (left, right):  # up to 100,000: "20k" ticks, few enough not to overlap
+        ax.xaxis.set_major_formatter(THOUSANDS_SHORT)
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
     _legend(left)
-    _legend(right, MARKER_NOTE)
-    _save(fig, path)
+    _legend(right)
+    fig.text(0.01, 0.01, MARKER_NOTE, fontsize=7, color="0.35", va="bottom")
+    _save(fig, path, bottom=0.04)
