@@ -83,10 +83,7 @@ class RedisBroker:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        if not self._tasks:
-            pending = set()
-        else:
-            _done, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT)
+        pending = (await asyncio.wait(self._tasks, timeout=STOP_WAIT))[1] if self._tasks else ()
         if pending:
             logger.warning("%d broker tasks did not stop within %.0f s", len(pending), STOP_WAIT)
         with contextlib.suppress(RedisError, OSError):

@@ -35,9 +35,10 @@ from common.capacity import socket_limit
 from common.chat import Outcome, Session
 from common.config import ServerConfig
 from common.http import HttpReply, answer, refused_upgrade
-from common.keepalive import KEEPALIVE_TIMEOUT_REASON, Keepalive
+from common.keepalive import Keepalive
 from common.reasons import (
     KEEPALIVE_TIMEOUT_CODE,
+    KEEPALIVE_TIMEOUT_REASON,
     DisconnectReason,
     DropReason,
     RejectReason,

@@ -5,13 +5,13 @@ something recently has already proved it, so a ping is sent only after
 ``interval`` seconds in which nothing arrived from the client (gRPC's
 keepalive works the same way). After a ping, the client has ``timeout``
 seconds to send anything (its pong, usually); then the server closes the
-connection with 1011 "keepalive ping timeout" (as websockets does), which
-``chat_disconnects_total`` counts as ``timeout``.
+connection with :data:`common.reasons.KEEPALIVE_TIMEOUT_CODE` and its reason
+(as websockets does), which ``chat_disconnects_total`` counts as ``timeout``.
 
 A chat client that sends an application ``ping`` more often than
-``interval`` (the web page and the Locust users do) therefore never gets a
-WebSocket ping: at 100,000 idle connections that halves the frames a server
-and its clients handle at rest.
+``interval`` (the c100k profile's idle users, pinging every 20-30 s with the
+interval at 30 s) therefore never gets a WebSocket ping: at 100,000 idle
+connections that halves the frames a server and its clients handle at rest.
 
 The servers differ only in who asks: each threaded connection checks its own
 :class:`Liveness` between reads (:meth:`Keepalive.wait` is its read timeout);
@@ -29,9 +29,6 @@ class Action(Enum):
     NOTHING = "nothing"
     PING = "ping"
     GIVE_UP = "give up"
-
-
-KEEPALIVE_TIMEOUT_REASON = "keepalive ping timeout"
 
 
 class Liveness:

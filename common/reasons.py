@@ -14,9 +14,10 @@ from typing import Protocol
 
 # Close codes after which a peer's close counts as a normal end (RFC 6455 7.4.1).
 NORMAL_CLOSE_CODES = frozenset({1000, 1001})
-# What websockets (and the threaded server, the same way) sends when a pong is
-# late: it fails the connection with 1011 and gets no close frame back.
+# What both servers send when a client misses its keepalive pong (common/keepalive.py),
+# as websockets does: 1011 with this reason, and no close frame comes back.
 KEEPALIVE_TIMEOUT_CODE = 1011
+KEEPALIVE_TIMEOUT_REASON = "keepalive ping timeout"
 
 
 class RejectReason(StrEnum):

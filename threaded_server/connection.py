@@ -56,8 +56,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
-from common.keepalive import KEEPALIVE_TIMEOUT_REASON, Action, Keepalive, Liveness
-from common.reasons import KEEPALIVE_TIMEOUT_CODE
+from common.keepalive import Action, Keepalive, Liveness
+from common.reasons import KEEPALIVE_TIMEOUT_CODE, KEEPALIVE_TIMEOUT_REASON
 from threaded_server.drainer import Drainer
 
 logger = logging.getLogger("twinchat.threaded")
