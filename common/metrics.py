@@ -12,11 +12,15 @@ The client library's default process collector adds
 
 from __future__ import annotations
 
+import bisect
+import gc
+import math
 import platform
 import time
 from pathlib import Path
 
 from prometheus_client import (
+    REGISTRY,
     Counter,
     Gauge,
     Histogram,
@@ -24,6 +28,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from common import codec
 from common.chat import Outcome
@@ -83,6 +89,57 @@ EVENT_LOOP_LAG = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+
+class GcPauses:
+    """``chat_gc_pause_seconds``: how long each collection of CPython's cyclic garbage
+    collector took, by generation. It holds the GIL throughout: every thread of the
+    process, the event loop and the /metrics thread included, waits for it.
+
+    The gc callback only adds to plain lists; the histogram is built at scrape time.
+    Observing a prometheus_client metric from a gc callback can deadlock (its value
+    locks are not reentrant and a collection can start while one is held:
+    client_python issues 363 and 371).
+    """
+
+    name = "chat_gc_pause_seconds"
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = buckets
+        self.counts = [[0] * (len(buckets) + 1) for _ in range(3)]
+        self.sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.counts[generation][bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sums[generation] += seconds
+
+    def describe(self) -> list:
+        return self.collect()
+
+    def collect(self) -> list:
+        family = HistogramMetricFamily(
+            self.name,
+            "Time each collection of the cyclic garbage collector held the GIL (the whole "
+            "process waits), by generation.",
+            labels=["generation"],
+        )
+        for generation, counts in enumerate(self.counts):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric([str(generation)], buckets, self.sums[generation])
+        return [family]
+
+
+GC_PAUSES = GcPauses()
+REGISTRY.register(GC_PAUSES)
+
 for _reject in RejectReason:
     CONNECTIONS_REJECTED.labels(_reject.value)
 for _disconnect in DisconnectReason:
@@ -122,6 +179,8 @@ def start(
     the HTTP server and its thread (``None`` when ``port`` is 0), so the
     caller can shut it down.
     """
+    if GC_PAUSES.on_gc not in gc.callbacks:
+        gc.callbacks.append(GC_PAUSES.on_gc)
     SERVER_INFO.info(
         {"implementation": implementation, "loop": loop, "python": platform.python_version()}
     )

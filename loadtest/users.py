@@ -166,15 +166,26 @@ class ChatProtocolUser(User):
 
 class IdleUser(ChatProtocolUser):
     """Connect, hello, join, then only a heartbeat ping every ``--ping-every`` to 1.5 times
-    that many seconds (20-30 s by default: spread, so that users started together drift apart)."""
+    that many seconds (20-30 s by default: spread, so that users started together drift apart).
+
+    The pings go out from the process's heartbeat (``loadtest/client/heartbeat.py``), not
+    from this user's greenlet, which sleeps in :meth:`wait_time` until its connection ends:
+    an idle user costs Locust no task loop per ping. Locust counts a user in ``wait_time``
+    as waiting, so a test stop ends it at once, as any sleeping user.
+    """
+
+    def pings_every(self) -> tuple[float, float]:
+        return (self.settings.ping_every, 1.5 * self.settings.ping_every)
 
     def wait_time(self) -> float:
-        return random.uniform(self.settings.ping_every, 1.5 * self.settings.ping_every)
+        if self.client.wait_closed():  # the connection was lost: reconnect, spread out
+            return random.uniform(0, self.settings.ping_every)
+        return random.uniform(*self.pings_every())  # no connection: retry later
 
     @task
-    def heartbeat(self) -> None:
+    def stay_connected(self) -> None:
         if self.client.ensure_joined(self.room):
-            self.client.ping()
+            self.client.keep_pinging(self.pings_every())
 
 
 class ChatUser(ChatProtocolUser):

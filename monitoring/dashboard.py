@@ -454,6 +454,24 @@ def panels() -> list[dict]:
     )
     lay.add(
         timeseries(
+            "Garbage-collector pauses",
+            "CPython's cyclic collector holds the GIL while it runs: every thread of the "
+            "process, the event loop and /metrics included, waits. p99 pause by generation: "
+            "a full (generation 2) collection walks every live object, so it grows with the "
+            "connections a process holds; it comes while they grow, rarely at rest.",
+            [
+                target(
+                    quantile(0.99, "chat_gc_pause_seconds", by="job, generation"),
+                    "{{job}} gen {{generation}} p99",
+                )
+            ],
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
+    lay.add(
+        timeseries(
             "Resident memory",
             "RSS per server, summed over instances.",
             [target(f"sum by (job) (process_resident_memory_bytes{{{SERVER}}})", per_job)],

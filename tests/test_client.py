@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import importlib
+import itertools
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -218,6 +220,49 @@ def test_server_ping_to_an_idle_client_is_answered_and_the_client_goes_on(
     assert server.errors == []
     assert pongs == [(Opcode.PONG, b"ping %d" % n) for n in range(3)]
     assert local_env.stats.num_failures == 0
+
+
+def test_heartbeat_pings_each_connection_from_the_hub_until_it_ends(client_modules, local_env):
+    """``keep_pinging``: while the caller's greenlet only waits for the connection to end,
+    the process's heartbeat sends a ``ping`` every 0.2-0.3 s, each timed by its pong; asking
+    twice on one connection does not double them; a connection that ends is forgotten, and
+    the next one is pinged anew."""
+    every = (0.2, 0.3)
+    arrivals: list[list[float]] = []
+
+    def script(peer: Peer) -> None:
+        peer.welcome()
+        mine = []
+        arrivals.append(mine)
+        for _ in range(6):
+            ping = peer.expect("ping")
+            mine.append(time.monotonic())
+            peer.send_json({"type": "pong", "t": ping["t"]})
+        if len(arrivals) == 1:
+            peer.sock.shutdown(socket.SHUT_RDWR)  # the first connection is lost
+        else:
+            serve_until_closed(peer)
+
+    with ScriptedServer(script) as server:
+        client = client_modules.chat.ChatClient(local_env, server.url, "idler")
+        heartbeat = client._reactor.heartbeat
+        assert client.connect()
+        client.keep_pinging(every)
+        client.keep_pinging(every)  # the same connection: no second stream of pings
+        assert client.wait_closed(timeout=TIMEOUT), "the lost connection never ended"
+        wait_until(lambda: len(heartbeat) == 0)  # its registration is gone
+        assert client.connect()
+        client.keep_pinging(every)
+        wait_until(lambda: len(arrivals) == 2 and len(arrivals[1]) == 6)
+        client.close()
+    assert server.errors == []
+    for times in arrivals:
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(times) == 6 and min(gaps) > 0.15, gaps  # one stream, 0.2-0.3 s apart
+    local_env.events.test_stop.fire()  # flushes the batched samples into Locust's stats
+    assert local_env.stats.get("ping", "WS").num_requests == 12
+    [lost] = local_env.stats.errors.values()  # the lost connection, reported once
+    assert (lost.name, lost.occurrences) == ("close", 1)
 
 
 def test_bad_framing_and_server_close_are_failures_not_crashes(client_modules, local_env):

@@ -361,3 +361,24 @@ def test_shared_core_replays_from_broker_history():
     pending = core.receive(b, '{"type":"join","room":"r","since":1}', now=0).join
     sends = frames(core.complete_join(b, pending, seq=4, members=2, history=history))
     assert sends[0][1]["complete"] is False  # seq 2 is gone
+
+
+def test_gc_pauses_are_timed_by_generation():
+    """Every collection of the cyclic garbage collector is counted under its generation,
+    in a histogram whose buckets add up to its count."""
+    import gc
+
+    from common import metrics
+
+    pauses = metrics.GcPauses()
+    gc.callbacks.append(pauses.on_gc)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(pauses.on_gc)
+    [family] = pauses.collect()
+    counts = {s.labels["generation"]: s.value for s in family.samples if s.name.endswith("_count")}
+    assert counts["0"] >= 1 and counts["2"] >= 1 and set(counts) == {"0", "1", "2"}
+    top = [s for s in family.samples if s.labels.get("le") == "+Inf"]
+    assert {s.labels["generation"]: s.value for s in top} == counts

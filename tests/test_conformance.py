@@ -503,6 +503,7 @@ METRIC_NAMES = [
     "chat_fanout_seconds_bucket",
     "chat_rooms",
     "chat_threads",
+    "chat_gc_pause_seconds_bucket",
     "chat_server_info",
     "process_resident_memory_bytes",
     "process_open_fds",

@@ -116,6 +116,27 @@ def test_chat_scenario_against_server(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_idle_scenario_pings_from_the_heartbeat_and_stops_at_once(kind, tmp_path):
+    """Idle users ping every 0.5-0.75 s (sent by the process's heartbeat, timed by their
+    pongs) with no failure; at the end they are waiting, so Locust stops them at once
+    instead of waiting out --stop-timeout."""
+    with running_server(kind) as server:
+        result, prefix = run_locust(
+            server.url,
+            tmp_path,
+            *("--scenario", "idle", "-u", "40", "-r", "40", "-t", "5"),
+            *("--ping-every", "0.5", "--exporter-port", "0"),
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    rows = {row["Name"]: row for row in read_csv(prefix.with_name("run_stats.csv"))}
+    assert int(rows["connect"]["Request Count"]) == 40
+    assert int(rows["ping"]["Request Count"]) >= 40 * 3  # 4+ s of pings each
+    assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
+    assert "Not all users finished" not in output
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_server_at_capacity_shows_as_connect_failures(kind, tmp_path):
     """Users refused by a full server are 'connect' failures with one stable message."""
     with running_server(kind, "--max-connections", "5") as server:

@@ -18,8 +18,11 @@ Request names (type ``WS``, times in milliseconds)::
     protocol  failure only: a frame or message the client cannot understand
 
 Sending: tasks call :meth:`ChatClient.say`, :meth:`ChatClient.ping`, ...
-from their greenlet. Every send (tasks' frames, pongs, close frames) goes
-through one lock per connection, so frames never interleave on the socket.
+from their greenlet; :meth:`ChatClient.keep_pinging` hands a connection's
+pings to the process's :class:`~loadtest.client.heartbeat.Heartbeat`, which
+sends them from gevent's hub. Every send (tasks' frames, pings, pongs, close
+frames) goes through one lock per connection, so frames never interleave on
+the socket.
 
 Receiving: after ``welcome``, the socket belongs to the process's
 :class:`~loadtest.client.reactor.Reactor`, which calls :meth:`on_readable`
@@ -73,6 +76,11 @@ CLOSE_FRAME = frames.close_payload(frames.CLOSE_NORMAL)
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 _time = time.time
+
+
+def _ping_payload() -> bytes:
+    """A protocol ``ping`` carrying the time it was sent (the pong returns it)."""
+    return orjson.dumps({"type": "ping", "t": _time()})
 
 
 class SeqTracker:
@@ -142,6 +150,7 @@ class ChatClient:
         self._reactor = reactor_for(environment, REQUEST_TYPE)
         self._parser = FrameParser()
         self._send_lock = Semaphore()
+        self._heartbeat_sock: socket.socket | None = None  # the connection keep_pinging covers
         self._closing = False
         self._closed = Event()
         self._join_waiter: AsyncResult | None = None
@@ -267,7 +276,34 @@ class ChatClient:
         """Send a protocol ``ping``; the ``pong`` is measured as ``ping``."""
         if not self.connected:
             return False
-        return self._send_text(orjson.dumps({"type": "ping", "t": _time()}))
+        return self._send_text(_ping_payload())
+
+    def keep_pinging(self, every: tuple[float, float]) -> None:
+        """Until this connection ends, send a ``ping`` every ``random.uniform(*every)``
+        seconds from the process's heartbeat, not from the caller's greenlet (which is then
+        free to sleep: :meth:`wait_closed`). Does nothing when not connected, or when this
+        connection is already covered."""
+        sock = self._sock
+        if sock is None or self._closing or self._heartbeat_sock is sock:
+            return
+        self._heartbeat_sock = sock
+        self._reactor.heartbeat.keep_pinging(self, sock, every)
+
+    def ping_from_hub(self, connection: object) -> bool:
+        """The heartbeat's ping (see :class:`~loadtest.client.heartbeat.Heartbeat`): sent
+        on ``connection`` unless it has ended (then False). Never blocks."""
+        sock = self._sock
+        if sock is None or sock is not connection or self._closing:
+            return False
+        self._send_later(sock, frames.client_frame(frames.OP_TEXT, _ping_payload()))
+        return True
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the open connection ends (lost, or closed by another greenlet), at
+        most ``timeout`` s (None: no limit). True if there was one and it ended."""
+        if not self.connected:
+            return False
+        return self._closed.wait(timeout)
 
     def close(self) -> None:
         """Close cleanly: close frame, wait (up to ``close_timeout``) for the server's

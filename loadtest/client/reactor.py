@@ -15,10 +15,12 @@ sending a close frame) is handed to a new greenlet. An exception raised by a
 reader is logged and the reader's connection is torn down by its owner; it
 never reaches the hub.
 
-The reactor also owns the process's :class:`~loadtest.client.stats.BatchedStats`
-and hooks it to the environment's events: flushed every second, everything
-flushed when a test stops (before Locust's final report and CSV rows), and
-discarded when Locust resets its statistics.
+The reactor also owns the process's :class:`~loadtest.client.heartbeat.Heartbeat`
+(the idle clients' pings, sent from the hub too) and its
+:class:`~loadtest.client.stats.BatchedStats`, hooked to the environment's
+events: flushed every second, everything flushed when a test stops (before
+Locust's final report and CSV rows), and discarded when Locust resets its
+statistics.
 
 Use :func:`reactor_for` to get the reactor of an environment in this
 process; it is created on first use, after Locust's ``--processes`` fork.
@@ -35,6 +37,7 @@ from typing import Protocol
 import gevent
 from gevent import monkey
 
+from loadtest.client.heartbeat import Heartbeat
 from loadtest.client.stats import BatchedStats
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class Reactor:
 
     def __init__(self, stats: BatchedStats) -> None:
         self.stats = stats
+        self.heartbeat = Heartbeat()
         self.pid = os.getpid()
         self._epoll = epoll()
         self._readers: dict[int, Reader] = {}
@@ -127,5 +131,5 @@ def reactor_for(environment, request_type: str = "WS") -> Reactor:
     events.test_stop.add_listener(flush_all)
     events.reset_stats.add_listener(reset)
     events.spawning_complete.add_listener(reset_after_spawning)
-    events.quitting.add_listener(lambda **_: stats.stop())
+    events.quitting.add_listener(lambda **_: (stats.stop(), reactor.heartbeat.stop()))
     return reactor
