@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,12 +50,17 @@ def scrape(url: str, timeout: float = 2.0) -> dict | None:
 
 
 def scrape_all(urls: list[str], timeout: float = 2.0) -> dict | None:
-    """Scrape every worker of one server and add them up; ``None`` if any does not answer.
+    """Scrape every worker of one server, at once, and add them up; ``None`` if any does
+    not answer within ``timeout`` s.
 
     Counters, gauges and histogram buckets are summed: the server's total
     connections, RSS, threads and CPU are the sums over its processes.
     """
-    flats = [scrape(url, timeout) for url in urls]
+    if len(urls) == 1:
+        flats = [scrape(urls[0], timeout)]
+    else:  # in parallel: one slow worker does not delay the others' answers
+        with ThreadPoolExecutor(len(urls)) as pool:
+            flats = list(pool.map(lambda url: scrape(url, timeout), urls))
     if any(flat is None for flat in flats):
         return None
     if len(flats) == 1:

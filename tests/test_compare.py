@@ -137,6 +137,21 @@ def _row(index: int = 0, users_target: int = 100, **changes) -> steps.StepRow:
     return steps.StepRow(index, users_target, start=0.0, end=10.0, **{**row, **changes})
 
 
+def test_silence_is_unanswered_scrapes_not_a_slow_sampler():
+    """Only scrapes that got no answer within the timeout make a server silent: samples far
+    apart (a saturated machine slows the sampler too) do not."""
+
+    def sample(t: float, answered: bool = True) -> dict:
+        return {"t": t, "server": {} if answered else None}
+
+    answered_late = [sample(0), sample(9), sample(10)]
+    assert steps.silence(answered_late, 0, 20, timeout=5) == 0.0
+    one_miss = [sample(0), sample(2, False), sample(8)]
+    assert steps.silence(one_miss, 0, 20, timeout=5) == 5.0
+    two_misses = [sample(0), sample(1, False), sample(7, False), sample(13)]
+    assert steps.silence(two_misses, 0, 20, timeout=5) == 11.0
+
+
 @pytest.mark.parametrize(
     ("changes", "outcome", "reason"),
     [

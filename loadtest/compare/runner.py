@@ -342,7 +342,12 @@ class StepDriver:
         out = self.options.out_dir
         sample_file = open(out / f"{self.name}-samples.jsonl", "w")  # noqa: SIM115
         sam = sampler.Sampler(
-            metrics_urls, f"http://127.0.0.1:{exporter_port}/metrics", self.options.latency_name
+            metrics_urls,
+            f"http://127.0.0.1:{exporter_port}/metrics",
+            self.options.latency_name,
+            # A scrape waits as long as the silence that makes a server unresponsive: the
+            # label says /metrics did not answer for that long, not that it was slow.
+            scrape_timeout=self.options.profile.limits.server_silent_s,
         )
 
         def take() -> dict:

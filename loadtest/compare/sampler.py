@@ -138,9 +138,18 @@ class ProcessCpu:
 class Sampler:
     """Takes one sample of a server and its load generator on each :meth:`sample` call."""
 
-    def __init__(self, metrics_urls: list[str], exporter_url: str, latency_name: str) -> None:
-        """``metrics_urls``: one per server process (several with ``--workers``), summed."""
+    def __init__(
+        self,
+        metrics_urls: list[str],
+        exporter_url: str,
+        latency_name: str,
+        scrape_timeout: float = 2.0,
+    ) -> None:
+        """``metrics_urls``: one per server process (several with ``--workers``), summed.
+        A server scrape that gets no answer within ``scrape_timeout`` s makes the sample's
+        ``server`` None: the server was silent that long (``steps.silence``)."""
         self.metrics_urls = metrics_urls
+        self.scrape_timeout = scrape_timeout
         self.exporter_url = exporter_url
         self.latency_name = latency_name
         self.locust_cpu: ProcessCpu | None = None
@@ -152,7 +161,7 @@ class Sampler:
 
     def sample(self) -> dict:
         t = time.time()
-        server = server_view(prom.scrape_all(self.metrics_urls))
+        server = server_view(prom.scrape_all(self.metrics_urls, self.scrape_timeout))
         server_t = time.time()  # a busy server answers late: its rates use this time
         locust = locust_view(prom.scrape(self.exporter_url), self.latency_name)
         per_process = self.locust_cpu.percents() if self.locust_cpu else None

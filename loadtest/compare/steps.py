@@ -307,7 +307,7 @@ def summarize(
     def per_s(count: float) -> float | None:
         return count / l_seconds if l_seconds > 0 else None
 
-    silent_s = silence(samples, start, end)
+    silent_s = silence(samples, start, end, limits.server_silent_s)
     row = StepRow(
         index=index,
         users_target=target,
@@ -370,17 +370,25 @@ def summarize(
     return row
 
 
-def silence(samples: list[dict], start: float, end: float) -> float:
-    """Longest time within ``[start, end]`` in which the server answered no scrape."""
-    longest, since = 0.0, start
+def silence(samples: list[dict], start: float, end: float, timeout: float) -> float:
+    """Longest time within ``[start, end]`` in which the server answered no scrape.
+
+    A sample without ``server`` is a scrape that got no answer within ``timeout`` s
+    (the sampler's): consecutive ones from ``t1`` to ``t2`` prove ``t2 + timeout - t1``
+    s without an answer. Samples that are merely far apart (a busy machine slows the
+    sampler too) prove nothing about the server.
+    """
+    longest, since = 0.0, None
     for sample in samples:
         if sample["t"] < start:
             continue
         if sample["t"] > end:
             break
         if sample.get("server") is not None:
-            since = sample["t"]
-        longest = max(longest, sample["t"] - since)
+            since = None
+            continue
+        since = sample["t"] if since is None else since
+        longest = max(longest, sample["t"] + timeout - since)
     return longest
 
 
