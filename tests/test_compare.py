@@ -291,13 +291,17 @@ def test_narrowing_brackets_the_limit_within_the_profile_precision(name):
         assert probes <= 3
 
 
-def _narrow(index, users, outcome, reason=""):
-    return _row(index, users, outcome=steps.Outcome(outcome), reason=reason, phase="narrow")
+def _narrow(index, users, outcome, reason="", connections=None):
+    return _row(
+        index, users, outcome=steps.Outcome(outcome), reason=reason, phase="narrow",
+        connections=float(users if connections is None else connections),
+    )  # fmt: skip
 
 
 def test_narrowing_rows_move_the_limit_and_the_last_good_step():
     """A good narrowing probe raises the last good step, a breached one lowers the limit
-    (with its own criterion); an invalid probe stops the narrowing and keeps the bracket."""
+    (with its own criterion); an invalid probe, or one that breached on its way up with
+    fewer connections than the climb held, stops the narrowing and keeps the bracket."""
     climb = {"reached": True, "users": 3800, "criterion": "p99 over SLO", "step": 5,
              "last_ok_users": 2550, "last_ok_step": 4}  # fmt: skip
     rows = [_narrow(6, 3100, "limit", "unresponsive (...)"), _narrow(7, 2800, "ok")]
@@ -309,6 +313,9 @@ def test_narrowing_rows_move_the_limit_and_the_last_good_step():
     stopped = knee.combine(climb, [_narrow(6, 3100, "invalid", "load generator CPU")])
     assert stopped["narrowing"] == "stopped"
     assert (stopped["users"], stopped["last_ok_users"]) == (3800, 2550)
+    on_the_way = knee.combine(climb, [_narrow(6, 3100, "limit", "refused", connections=2000)])
+    assert on_the_way["narrowing"] == "stopped"  # broke below what the climb held
+    assert (on_the_way["users"], on_the_way["last_ok_users"]) == (3800, 2550)
     not_reached = {**climb, "reached": False, "users": None}
     assert knee.combine(not_reached, [])["narrowing"] == "none"
 

@@ -14,7 +14,10 @@
    cores the server uses when it may use them all.
 
 A narrowing run that the load generator could not drive (``invalid``) or that
-did not start stops the narrowing; the bracket found so far is reported.
+did not start stops the narrowing; the bracket found so far is reported. So does
+one that breached on its way up with fewer connections than the climb held: its
+single ramp from zero broke, not its level (with 6 + 6 processes on 2 CPUs, a
+ramp to 85,000 at 250 users/s saturates the machine by itself near 50,000).
 """
 
 from __future__ import annotations
@@ -50,7 +53,15 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
         narrowing.append(_about(probe_run))
         if not probe_run["steps"]:
             break  # Locust did not start: keep the bracket found so far
-        rows.append(replace(probe_run["steps"][-1], index=len(rows), phase="narrow"))
+        row = replace(probe_run["steps"][-1], index=len(rows), phase="narrow")
+        if broke_on_the_way(row, climb_limit):
+            row = replace(
+                row,
+                reason=f"{row.reason}; not counted: it broke on its way up at "
+                f"{row.connections or 0:,.0f} connections, below the "
+                f"{climb_limit['last_ok_users']:,} the climb held",
+            )
+        rows.append(row)
         limit = combine(climb_limit, rows)
     return {**run, "steps": rows, "limit": limit, "narrowing": narrowing}
 
@@ -72,6 +83,9 @@ def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
             continue
         if row.outcome == Outcome.OK and row.users_target > (limit["last_ok_users"] or 0):
             limit.update(last_ok_users=row.users_target, last_ok_step=row.index)
+        elif broke_on_the_way(row, climb_limit):
+            limit["narrowing"] = "stopped"  # its ramp from zero broke, not its level
+            break
         elif row.outcome == Outcome.LIMIT and row.users_target < limit["users"]:
             limit.update(users=row.users_target, criterion=row.reason, step=row.index)
         elif row.outcome == Outcome.INVALID:
@@ -80,6 +94,12 @@ def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
     if limit["last_ok_users"]:
         limit["bracket_ratio"] = limit["users"] / limit["last_ok_users"]
     return limit
+
+
+def broke_on_the_way(row: StepRow, climb_limit: dict) -> bool:
+    """Whether a narrowing row breached holding fewer connections than the climb held."""
+    held = climb_limit.get("last_ok_users") or 0
+    return row.outcome == Outcome.LIMIT and (row.connections or 0) < held
 
 
 def probe(kind: str, options: runner.RunOptions, run: dict) -> dict | None:
