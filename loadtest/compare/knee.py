@@ -26,7 +26,7 @@ import math
 from dataclasses import replace
 
 from loadtest.compare import runner
-from loadtest.compare.steps import Outcome, StepRow
+from loadtest.compare.steps import Outcome, StepRow, broke_on_the_way
 
 ONE_CORE_HEADROOM = 1.2  # the probe's load: what one whole core would carry, plus 20 %
 LOCUST_HEADROOM = 0.7  # ... but no more than keeps Locust under 70 % of its CPUs
@@ -94,12 +94,6 @@ def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
     if limit["last_ok_users"]:
         limit["bracket_ratio"] = limit["users"] / limit["last_ok_users"]
     return limit
-
-
-def broke_on_the_way(row: StepRow, climb_limit: dict) -> bool:
-    """Whether a narrowing row breached holding fewer connections than the climb held."""
-    held = climb_limit.get("last_ok_users") or 0
-    return row.outcome == Outcome.LIMIT and (row.connections or 0) < held
 
 
 def probe(kind: str, options: runner.RunOptions, run: dict) -> dict | None:

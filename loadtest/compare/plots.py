@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from loadtest.compare import figures
-from loadtest.compare.steps import StepRow
+from loadtest.compare.steps import StepRow, broke_on_the_way
 
 STYLE = {
     "threaded": {"color": "tab:orange", "marker": "o", "label": "threaded"},
@@ -48,7 +48,10 @@ def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
     def x_of(r: StepRow):
         return getattr(r, x_key)
 
+    climb_limit = run.get("limit") or {}
     for r in sorted(run["steps"], key=lambda r: x_of(r) if x_of(r) is not None else -1):
+        if broke_on_the_way(r, climb_limit):
+            continue
         x = x_of(r)
         v = y(r) if callable(y) else getattr(r, y)
         if x is None or v is None:

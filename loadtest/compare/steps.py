@@ -392,6 +392,14 @@ def silence(samples: list[dict], start: float, end: float, timeout: float) -> fl
     return longest
 
 
+def broke_on_the_way(row: StepRow, climb_limit: dict) -> bool:
+    """Whether a narrowing row breached holding fewer connections than the climb held
+    (its single ramp from zero broke, not its level: it is not counted, nor plotted)."""
+    if row.phase != "narrow" or row.outcome != Outcome.LIMIT:
+        return False
+    return (row.connections or 0) < (climb_limit.get("last_ok_users") or 0)
+
+
 def other_cpu(row: StepRow) -> float | None:
     """Cores used by everything but this server and its Locust (other work on a shared machine)."""
     machine, server, locust = row.machine_cpu_mean, row.server_cpu_cores, row.locust_cpu_mean
