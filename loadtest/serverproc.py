@@ -39,8 +39,12 @@ def free_port(host: str = "127.0.0.1", run: int = 1) -> int:
 
 
 def is_free(host: str, port: int) -> bool:
-    """Whether ``port`` on ``host`` can be bound right now."""
+    """Whether a server could bind ``port`` on ``host`` right now: with ``SO_REUSEADDR``,
+    as every server here binds (``socket.create_server``, asyncio, http.server), so a port
+    whose old connections are in TIME_WAIT counts as free (after a run of 19,000
+    connections, thousands of ports are, for a minute)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -137,6 +137,26 @@ def _row(index: int = 0, users_target: int = 100, **changes) -> steps.StepRow:
     return steps.StepRow(index, users_target, start=0.0, end=10.0, **{**row, **changes})
 
 
+def test_a_port_in_time_wait_is_free_for_a_server():
+    """After a big run thousands of loopback ports sit in TIME_WAIT; servers bind with
+    SO_REUSEADDR, so those ports are free for the next run's servers."""
+    import socket
+
+    from loadtest.serverproc import is_free
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    listener.close()
+    accepted.close()  # the server side closes first: its end, on `port`, enters TIME_WAIT
+    client.recv(1)
+    client.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # what the old check did
+        plain.bind(("127.0.0.1", port))
+    assert is_free("127.0.0.1", port)
+
+
 def test_silence_is_unanswered_scrapes_not_a_slow_sampler():
     """Only scrapes that got no answer within the timeout make a server silent: samples far
     apart (a saturated machine slows the sampler too) do not."""
