@@ -333,7 +333,12 @@ def test_narrowing_rows_move_the_limit_and_the_last_good_step():
     stopped = knee.combine(climb, [_narrow(6, 3100, "invalid", "load generator CPU")])
     assert stopped["narrowing"] == "stopped"
     assert (stopped["users"], stopped["last_ok_users"]) == (3800, 2550)
-    on_the_way = knee.combine(climb, [_narrow(6, 3100, "limit", "refused", connections=2000)])
+    broke = _narrow(6, 3100, "limit", "refused", connections=2000)
+    assert (
+        "not counted: it broke on its way up at 2,000"
+        in knee.say_if_not_counted(broke, climb).reason
+    )
+    on_the_way = knee.combine(climb, [broke])
     assert on_the_way["narrowing"] == "stopped"  # broke below what the climb held
     assert (on_the_way["users"], on_the_way["last_ok_users"]) == (3800, 2550)
     not_reached = {**climb, "reached": False, "users": None}

@@ -292,8 +292,9 @@ def _resummarize(out: Path, run: dict, limits: StepRules) -> dict:
         rows.append(replace(row, **{k: getattr(old, k) for k in KEPT_ON_RENDER}))
     climb = [r for r in rows if r.phase in (None, "climb")]
     finished = len(climb) == len(run["levels"])
-    limit = knee.combine(steps.verdict(climb, limits, finished), rows)
-    return {**run, "steps": rows, "limit": limit}
+    climb_limit = steps.verdict(climb, limits, finished)
+    rows = [knee.say_if_not_counted(row, climb_limit) for row in rows]
+    return {**run, "steps": rows, "limit": knee.combine(climb_limit, rows)}
 
 
 # What a re-render keeps of a row: the runner's marks (threads, Locust's CSV), not samples.

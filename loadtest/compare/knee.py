@@ -54,16 +54,21 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
         if not probe_run["steps"]:
             break  # Locust did not start: keep the bracket found so far
         row = replace(probe_run["steps"][-1], index=len(rows), phase="narrow")
-        if broke_on_the_way(row, climb_limit):
-            row = replace(
-                row,
-                reason=f"{row.reason}; not counted: it broke on its way up at "
-                f"{row.connections or 0:,.0f} connections, below the "
-                f"{climb_limit['last_ok_users']:,} the climb held",
-            )
-        rows.append(row)
+        rows.append(say_if_not_counted(row, climb_limit))
         limit = combine(climb_limit, rows)
     return {**run, "steps": rows, "limit": limit, "narrowing": narrowing}
+
+
+def say_if_not_counted(row: StepRow, climb_limit: dict) -> StepRow:
+    """``row``, its reason saying so if it broke on its way up (:func:`broke_on_the_way`)."""
+    if not broke_on_the_way(row, climb_limit) or "not counted" in row.reason:
+        return row
+    return replace(
+        row,
+        reason=f"{row.reason}; not counted: it broke on its way up at "
+        f"{row.connections or 0:,.0f} connections, below the "
+        f"{climb_limit['last_ok_users']:,} the climb held",
+    )
 
 
 def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
