@@ -10,6 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 Buckets = list[tuple[float, float]]  # (upper bound, cumulative count), +Inf last
 
+# Threads of scrape_all, started at its first calls and then kept: a sampler scrapes once a
+# second, and near a threaded server's wall (pid_max) a new thread may not be had.
+_SCRAPERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="scrape")
+
 
 def parse(text: str) -> dict:
     """Flatten a scrape: ``{"name": value, "name{label=v}": value, "hist:name": [(le, n)]}``.
@@ -56,11 +60,8 @@ def scrape_all(urls: list[str], timeout: float = 2.0) -> dict | None:
     Counters, gauges and histogram buckets are summed: the server's total
     connections, RSS, threads and CPU are the sums over its processes.
     """
-    if len(urls) == 1:
-        flats = [scrape(urls[0], timeout)]
-    else:  # in parallel: one slow worker does not delay the others' answers
-        with ThreadPoolExecutor(len(urls)) as pool:
-            flats = list(pool.map(lambda url: scrape(url, timeout), urls))
+    # In parallel: one slow worker does not delay the others' answers.
+    flats = list(_SCRAPERS.map(lambda url: scrape(url, timeout), urls))
     if any(flat is None for flat in flats):
         return None
     if len(flats) == 1:
