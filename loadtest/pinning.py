@@ -36,3 +36,11 @@ def on_cpus(command: Sequence[str], cpu_list: int | str | None) -> list[str]:
     if cpu_list is None or shutil.which("taskset") is None:
         return list(command)
     return ["taskset", "-c", str(cpu_list), *command]
+
+
+def pin_self(cpu: int | None) -> None:
+    """Run this process (and the threads and children it starts from now on) on ``cpu``;
+    nothing for ``None``. For load processes started with ``multiprocessing``, which
+    ``taskset`` cannot wrap."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -57,15 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, rounds=max(1, args.rounds))
     specs = [SPEC_BY_NAME[name] for name in args.servers.split(",")]
     scenarios = args.scenarios.split(",")
-    pinned = (os.cpu_count() or 1) > max(args.server_cpu, args.client_cpu)
+    pinned = pinning.available() and pinning.cpus() > max(args.server_cpu, args.client_cpu)
     server_cpu = args.server_cpu if pinned else None
     client_cpu = args.client_cpu if pinned else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.out / stamp
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    if client_cpu is not None:
-        os.sched_setaffinity(0, {client_cpu})  # the coordinator mostly sleeps; keep it off CPU 0
+    pinning.pin_self(client_cpu)  # the coordinator mostly sleeps; keep it off CPU 0
 
     result: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             f"server on CPU {server_cpu} (taskset -c {server_cpu}), load client "
             f"({sizes.workers} uvloop processes) and coordinator on CPU {client_cpu}"
             if pinned
-            else "not pinned (fewer than 2 CPUs)"
+            else "not pinned (fewer than 2 CPUs, or no taskset)"
         ),
         "throughput_args": list(UNLIMITED),
         "config": {k: v for k, v in vars(sizes).items()},

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import resource
 import time
 import traceback
 from multiprocessing.connection import Connection
 
+from loadtest import pinning
 from loadtest.bench.wsclient import PING_FRAME, CountingClient, Refused, connect, text_frame
 
 SETUP_CONCURRENCY = 64
@@ -48,8 +48,7 @@ SETUP_ATTEMPTS = 3
 
 def main(pipe: Connection, cpu: int | None) -> None:
     """Process entry point (multiprocessing spawn target)."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+    pinning.pin_self(cpu)
     import uvloop
 
     gc.freeze()

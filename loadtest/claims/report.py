@@ -16,7 +16,13 @@ from pathlib import Path
 from loadtest import codefacts
 from loadtest.claims import blocking, cpubound, plots, sharedstate, verdicts
 from loadtest.compare import claims as compare_claims
-from loadtest.compare.report import CSS, _e, _n, _table  # the comparison report's HTML parts
+from loadtest.compare.report import (  # the comparison report's parts
+    CSS,
+    _e,
+    _n,
+    _table,
+    claims_markdown,
+)
 
 
 def table(
@@ -64,17 +70,6 @@ def table(
                 "measured": "no make compare report given (--compare DIR)",
             })  # fmt: skip
     return rows
-
-
-def claims_markdown(rows: list[dict]) -> str:
-    lines = ["| article says | tested by | this run | verdict |", "|---|---|---|---|"]
-    for c in rows:
-        measured = c["measured"].replace("|", "/")
-        lines.append(
-            f"| {c['side']} {c['kind']}: {c['claim']} | {c['tested_by']} | {measured} "
-            f"| {c['verdict']} |"
-        )
-    return "\n".join(lines)
 
 
 def write(out: Path, summary: dict) -> dict:
