@@ -311,38 +311,81 @@ def test_narrowing_brackets_the_limit_within_the_profile_precision(name):
         assert probes <= 3
 
 
-def _narrow(index, users, outcome, reason="", connections=None):
+def _narrow(index, users, outcome, reason="", connections=None, phase="narrow"):
     return _row(
-        index, users, outcome=steps.Outcome(outcome), reason=reason, phase="narrow",
+        index, users, outcome=steps.Outcome(outcome), reason=reason, phase=phase,
         connections=float(users if connections is None else connections),
     )  # fmt: skip
 
 
 def test_narrowing_rows_move_the_limit_and_the_last_good_step():
-    """A good narrowing probe raises the last good step, a breached one lowers the limit
-    (with its own criterion); an invalid probe, or one that breached on its way up with
-    fewer connections than the climb held, stops the narrowing and keeps the bracket."""
+    """A good probe raises the last good step, a breached one lowers the limit (with its
+    own criterion); the repeat of the last good level that opens each narrowing run
+    counts for nothing when it holds, and stops the narrowing when it breaches, as an
+    invalid probe does, or one that broke on its way up below what the climb held."""
     climb = {"reached": True, "users": 3800, "criterion": "p99 over SLO", "step": 5,
              "last_ok_users": 2550, "last_ok_step": 4}  # fmt: skip
-    rows = [_narrow(6, 3100, "limit", "unresponsive (...)"), _narrow(7, 2800, "ok")]
+    rows = [
+        _narrow(6, 2550, "ok", phase="base"), _narrow(7, 3100, "limit", "unresponsive (...)"),
+        _narrow(8, 2550, "transient", "p99 over SLO (...)", phase="base"),
+        _narrow(9, 2800, "ok"),
+    ]  # fmt: skip
     limit = knee.combine(climb, rows)
-    assert (limit["users"], limit["criterion"], limit["step"]) == (3100, "unresponsive (...)", 6)
-    assert (limit["last_ok_users"], limit["last_ok_step"]) == (2800, 7)
+    assert (limit["users"], limit["criterion"], limit["step"]) == (3100, "unresponsive (...)", 7)
+    assert (limit["last_ok_users"], limit["last_ok_step"]) == (2800, 9)
     assert limit["bracket_ratio"] == pytest.approx(3100 / 2800)
     assert limit["narrowing"] == "open"
     stopped = knee.combine(climb, [_narrow(6, 3100, "invalid", "load generator CPU")])
     assert stopped["narrowing"] == "stopped"
     assert (stopped["users"], stopped["last_ok_users"]) == (3800, 2550)
+    base_broke = _narrow(6, 2550, "limit", "refused (...)", phase="base")
+    assert "not counted: on its way to the level it was to probe, it breached at 2,550" in (
+        knee.say_if_not_counted(base_broke, climb).reason
+    )
+    for not_tested in (base_broke, _narrow(6, 3100, "limit", "refused", connections=2000)):
+        after = knee.combine(climb, [not_tested, _narrow(7, 3100, "limit", "refused")])
+        assert after["narrowing"] == "stopped"
+        assert (after["users"], after["last_ok_users"]) == (3800, 2550)
     broke = _narrow(6, 3100, "limit", "refused", connections=2000)
     assert (
         "not counted: it broke on its way up at 2,000"
         in knee.say_if_not_counted(broke, climb).reason
     )
-    on_the_way = knee.combine(climb, [broke])
-    assert on_the_way["narrowing"] == "stopped"  # broke below what the climb held
-    assert (on_the_way["users"], on_the_way["last_ok_users"]) == (3800, 2550)
     not_reached = {**climb, "reached": False, "users": None}
     assert knee.combine(not_reached, [])["narrowing"] == "none"
+
+
+@pytest.mark.timeout(300)
+def test_narrowing_repeats_the_last_good_level_then_probes_on_fresh_servers(tmp_path):
+    """A real knee search (async server refusing past 30 connections, real Locust): the
+    climb breaks at 40 users, and each narrowing run, on a fresh server, first holds the
+    last good level again, then probes; the bracket ends around the true limit."""
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.compare", "--profile", "smoke", "--servers", "async",
+         "--step-start", "10", "--growth", "2", "--step-max", "40", "--step-time", "4",
+         "--window", "3", "--spawn-rate", "40", "--precision", "0.11", "--probe-time", "0",
+         "--server-cpus", "none", "--server-arg=--max-connections", "--server-arg=30",
+         "--out", str(out), "--quiet"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = json.loads((out / "summary.json").read_text())["servers"]["async"]
+    rows = run["steps"]
+    assert [r["users_target"] for r in rows if r["phase"] == "climb"] == [10, 20, 40]
+    narrowing = [r for r in rows if r["phase"] in ("base", "narrow")]
+    assert narrowing, "the climb's bracket 20-40 must be narrowed"
+    last_ok = 20
+    for base, probe in zip(narrowing[::2], narrowing[1::2], strict=True):
+        assert (base["phase"], probe["phase"]) == ("base", "narrow")
+        assert base["users_target"] == last_ok and base["run"] == probe["run"]
+        assert base["run"].startswith("async-narrow-") and base["outcome"] == "ok"
+        if probe["outcome"] == "ok":
+            last_ok = probe["users_target"]
+    limit = run["limit"]
+    assert limit["last_ok_users"] == last_ok
+    assert last_ok <= 30 < limit["users"] <= 40
+    assert limit["users"] / last_ok <= 1.11 + 0.01 or limit["narrowing"] == "stopped"
 
 
 def test_the_report_explains_a_limit_from_its_own_figures():

@@ -293,6 +293,8 @@ def _resummarize(out: Path, run: dict, limits: StepRules) -> dict:
     climb = [r for r in rows if r.phase in (None, "climb")]
     finished = len(climb) == len(run["levels"])
     climb_limit = steps.verdict(climb, limits, finished)
+    for name in {r.run for r in rows if r.phase in ("base", "narrow")}:
+        steps.confirm([r for r in rows if r.run == name])  # as its run's verdict did
     rows = [knee.say_if_not_counted(row, climb_limit) for row in rows]
     return {**run, "steps": rows, "limit": knee.combine(climb_limit, rows)}
 

@@ -5,19 +5,23 @@
    at the first confirmed breach.
 2. **Narrow**: between the last good step and that breach, one short run at
    the geometric middle, each on a freshly started server (a breach can leave a
-   server damaged: queues full, threads stuck, memory grown). A good middle
-   raises the floor, a breached one lowers the ceiling, until the two are
-   within the profile's precision. The limit is the lowest breached user
-   count; the last good step is the highest good one.
+   server damaged: queues full, threads stuck, memory grown). Each narrowing run
+   climbs as the climb did: first to the last good level, held and judged like a
+   step (``phase == "base"``), then to the level it probes (``"narrow"``), so a
+   probe meets the ramp of one step, not a connect storm from zero that no climb
+   step met. A good probe raises the floor, a breached one lowers the ceiling,
+   until the two are within the profile's precision. The limit is the lowest
+   breached user count; the last good step is the highest good one.
 3. **Probe** (profiles with ``probe_time``): a run with nothing pinned and no
    CPU budget at about the load one whole core would carry, to see how many
    cores the server uses when it may use them all.
 
 A narrowing run that the load generator could not drive (``invalid``) or that
 did not start stops the narrowing; the bracket found so far is reported. So does
-one that breached on its way up with fewer connections than the climb held: its
-single ramp from zero broke, not its level (with 6 + 6 processes on 2 CPUs, a
-ramp to 85,000 at 250 users/s saturates the machine by itself near 50,000).
+one that breached at the last good level on its way (the level did not hold on a
+fresh server: the machine's speed drifts), or that breached on its way up with
+fewer connections than the climb held: either way the probed level was never
+tested (:func:`~loadtest.compare.steps.why_not_counted`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import math
 from dataclasses import replace
 
 from loadtest.compare import runner
-from loadtest.compare.steps import Outcome, StepRow, broke_on_the_way
+from loadtest.compare.steps import Outcome, StepRow, why_not_counted
 
 ONE_CORE_HEADROOM = 1.2  # the probe's load: what one whole core would carry, plus 20 %
 LOCUST_HEADROOM = 0.7  # ... but no more than keeps Locust under 70 % of its CPUs
@@ -49,31 +53,30 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
             f"{kind}: narrowing between {limit['last_ok_users']} and {limit['users']} users: "
             f"{users}, on a fresh server",
         )
-        probe_run = runner.run_server(kind, options, levels=[users], tag=f"-narrow-{users}")
+        base = limit["last_ok_users"]
+        probe_run = runner.run_server(kind, options, levels=[base, users], tag=f"-narrow-{users}")
         narrowing.append(_about(probe_run))
         if not probe_run["steps"]:
             break  # Locust did not start: keep the bracket found so far
-        row = replace(probe_run["steps"][-1], index=len(rows), phase="narrow")
-        rows.append(say_if_not_counted(row, climb_limit))
+        for row in probe_run["steps"]:
+            phase = "base" if row.users_target == base else "narrow"
+            row = replace(row, index=len(rows), phase=phase)
+            rows.append(say_if_not_counted(row, climb_limit))
         limit = combine(climb_limit, rows)
     return {**run, "steps": rows, "limit": limit, "narrowing": narrowing}
 
 
 def say_if_not_counted(row: StepRow, climb_limit: dict) -> StepRow:
-    """``row``, its reason saying so if it broke on its way up (:func:`broke_on_the_way`)."""
-    if not broke_on_the_way(row, climb_limit) or "not counted" in row.reason:
+    """``row``, its reason saying why if it is not counted (:func:`why_not_counted`)."""
+    why = why_not_counted(row, climb_limit)
+    if why is None or "not counted" in row.reason:
         return row
-    return replace(
-        row,
-        reason=f"{row.reason}; not counted: it broke on its way up at "
-        f"{row.connections or 0:,.0f} connections, below the "
-        f"{climb_limit['last_ok_users']:,} the climb held",
-    )
+    return replace(row, reason=f"{row.reason}; not counted: {why}")
 
 
 def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
-    """The limit after the climb's verdict and the narrowing rows (``phase == "narrow"``),
-    in the order they ran.
+    """The limit after the climb's verdict and the narrowing runs' rows (``phase`` "base"
+    and "narrow"), in the order they ran.
 
     The limit is the lowest breached user count, the last good step the highest
     good one below it. ``narrowing`` says whether more narrowing may help
@@ -84,13 +87,15 @@ def combine(climb_limit: dict, rows: list[StepRow]) -> dict:
         limit["narrowing"] = "none"
         return limit
     for row in rows:
-        if row.phase != "narrow":
+        if row.phase not in ("base", "narrow"):
             continue
+        if why_not_counted(row, climb_limit):
+            limit["narrowing"] = "stopped"  # the level it was to probe was never tested
+            break
+        if row.phase == "base" and row.outcome != Outcome.INVALID:
+            continue  # the last good level held again (or only briefly breached)
         if row.outcome == Outcome.OK and row.users_target > (limit["last_ok_users"] or 0):
             limit.update(last_ok_users=row.users_target, last_ok_step=row.index)
-        elif broke_on_the_way(row, climb_limit):
-            limit["narrowing"] = "stopped"  # its ramp from zero broke, not its level
-            break
         elif row.outcome == Outcome.LIMIT and row.users_target < limit["users"]:
             limit.update(users=row.users_target, criterion=row.reason, step=row.index)
         elif row.outcome == Outcome.INVALID:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from loadtest.compare import figures
-from loadtest.compare.steps import StepRow, broke_on_the_way
+from loadtest.compare.steps import StepRow, why_not_counted
 
 STYLE = {
     "threaded": {"color": "tab:orange", "marker": "o", "label": "threaded"},
@@ -50,8 +50,8 @@ def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
 
     climb_limit = run.get("limit") or {}
     for r in sorted(run["steps"], key=lambda r: x_of(r) if x_of(r) is not None else -1):
-        if broke_on_the_way(r, climb_limit):
-            continue
+        if r.phase == "base" or why_not_counted(r, climb_limit):
+            continue  # a repeat of a climb level, or a probe that never tested its level
         x = x_of(r)
         v = y(r) if callable(y) else getattr(r, y)
         if x is None or v is None:

@@ -260,10 +260,22 @@ def _intro_html(summary: dict) -> str:
         f"climb through {_e(p['levels'])} users ({p['step_time']:g} s held after each ramp "
         f"at {p['spawn_rate']:g} users/s, judged on the last {p['window']:g} s), stopped at "
         f"the first confirmed breach, then narrowed on freshly started servers until the "
-        f"limit is known within {p['precision']:.0%}. Same steps, same load for both "
+        f"limit is known within {p['precision']:.0%}{_narrowing_words(summary)}. Same steps, "
+        f"same load for both "
         f"servers. {_e(m['pinning']['why'])}. Run on {_e(m['date'])}, {_e(m['cpus'])} CPUs "
         f"({_e(m['cpu_model'])}), {m['memory_bytes'] / 2**30:.0f} GiB, commit "
         f"{_e((m.get('git_commit') or 'n/a')[:12])}.</p>"
+    )
+
+
+def _narrowing_words(summary: dict) -> str:
+    """How its narrowing runs climbed, for a report whose runs repeat the last good level."""
+    rows = (r for server in summary["servers"].values() for r in server["steps"])
+    if not any(r.get("phase") == "base" for r in rows):
+        return ""
+    return (
+        " (each narrowing run holds the last good level again, phase <i>base</i>, then "
+        "steps to the level it probes, phase <i>narrow</i>)"
     )
 
 

@@ -237,7 +237,9 @@ class StepRow:
     reason: str = ""  # the criterion in words, with the figures that met it
     # Added by the runner: where the step's raw samples are, and its window
     run: str | None = None  # the raw samples are in <run>-samples.jsonl
-    phase: str | None = None  # "climb" or "narrow" (knee); None in a run of its own
+    # "climb", "base" or "narrow" (knee: a narrowing run's repeat of the last good level,
+    # then its probe); None in a run of its own
+    phase: str | None = None
     ramp_end: float | None = None
     judged_from: float | None = None
     settled: bool = True  # the server held 99 % of the step's users when the window began
@@ -392,12 +394,29 @@ def silence(samples: list[dict], start: float, end: float, timeout: float) -> fl
     return longest
 
 
-def broke_on_the_way(row: StepRow, climb_limit: dict) -> bool:
-    """Whether a narrowing row breached holding fewer connections than the climb held
-    (its single ramp from zero broke, not its level: it is not counted, nor plotted)."""
-    if row.phase != "narrow" or row.outcome != Outcome.LIMIT:
-        return False
-    return (row.connections or 0) < (climb_limit.get("last_ok_users") or 0)
+def why_not_counted(row: StepRow, climb_limit: dict) -> str | None:
+    """Why a narrowing row that breached says nothing about the level it probed (None: it
+    counts, or it is no breach).
+
+    A narrowing run repeats the last good level first (``phase == "base"``), then
+    steps to the level it probes. A breach at that first level, or one with fewer
+    connections than the climb held (its ramp broke, not its level), means the probed
+    level was never tested: such a row stops the narrowing, and is not plotted.
+    """
+    if row.outcome != Outcome.LIMIT:
+        return None
+    if row.phase == "base":
+        return (
+            f"on its way to the level it was to probe, it breached at {row.users_target:,} "
+            "users, the last good level, on a fresh server"
+        )
+    held = climb_limit.get("last_ok_users") or 0
+    if row.phase == "narrow" and (row.connections or 0) < held:
+        return (
+            f"it broke on its way up at {row.connections or 0:,.0f} connections, below the "
+            f"{held:,} the climb held"
+        )
+    return None
 
 
 def other_cpu(row: StepRow) -> float | None:
