@@ -271,7 +271,7 @@ def _intro_html(summary: dict) -> str:
 def _narrowing_words(summary: dict) -> str:
     """How its narrowing runs climbed, for a report whose runs repeat the last good level."""
     rows = (r for server in summary["servers"].values() for r in server["steps"])
-    if not any(r.get("phase") == "base" for r in rows):
+    if not any(r.phase == "base" for r in rows):
         return ""
     return (
         " (each narrowing run holds the last good level again, phase <i>base</i>, then "
