@@ -63,11 +63,12 @@ def _on_init(environment, runner, **_kwargs) -> None:
         shape.runner = runner
         environment.shape_class = shape
         logger.info(
-            "step shape: users %s, %.0f s each (%.0f s in all), spawn rate %.0f/s",
+            "step shape: users %s, %.0f s each (%.0f s in all), spawn rate %.0f/s (first %.0f/s)",
             list(plan.levels),
             plan.step_time,
             plan.duration,
             plan.spawn_rate,
+            plan.rate_of(0),
         )
         if opts.run_time and opts.run_time < plan.duration:
             logger.warning(

@@ -129,6 +129,13 @@ def add_arguments(parser) -> None:
         help="Step shape: users started per second within a step. Default: the largest rise "
         "between two steps (each step ramps in about one second).",
     )
+    group.add_argument(
+        "--step-first-spawn-rate",
+        type=float,
+        default=0.0,
+        help="Step shape: users started per second in the first ramp, from zero users "
+        "(default: --step-spawn-rate).",
+    )
     # Exporter and saturation guard
     group.add_argument(
         "--exporter-port",

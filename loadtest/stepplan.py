@@ -25,16 +25,22 @@ class Step:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Ramp to each of ``levels`` at ``spawn_rate`` users/s, then hold it ``step_time`` s."""
+    """Ramp to each of ``levels`` at ``spawn_rate`` users/s, then hold it ``step_time`` s.
+
+    ``first_spawn_rate`` (> 0) is the rate of the first ramp, from zero users, instead:
+    a narrowing run reaches a level the climb reached step by step in one ramp, and a
+    gentler one keeps it from being a connect storm that no climb step was.
+    """
 
     levels: tuple[int, ...]
     step_time: float
     spawn_rate: float
+    first_spawn_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) <= 0:
             raise ValueError(f"invalid step plan {self}: every level needs at least one user")
-        if self.step_time <= 0 or self.spawn_rate <= 0:
+        if self.step_time <= 0 or self.spawn_rate <= 0 or self.first_spawn_rate < 0:
             raise ValueError(f"invalid step plan {self}: step time and spawn rate must be > 0")
 
     @classmethod
@@ -64,7 +70,8 @@ class StepPlan:
                 raise ValueError("--step-levels names no user count")
             rises = [b - a for a, b in zip((0, *levels), levels, strict=False)]
             rate = options.step_spawn_rate or float(max(rises))
-            return cls(levels, options.step_time, rate)
+            first = getattr(options, "step_first_spawn_rate", 0.0) or 0.0
+            return cls(levels, options.step_time, rate, first)
         step = options.step_users
         maximum = options.step_max or options.num_users or 0
         if not maximum:
@@ -77,7 +84,7 @@ class StepPlan:
         """Every step with its start, end of ramp and end."""
         out, t, users = [], 0.0, 0
         for index, level in enumerate(self.levels):
-            ramp = abs(level - users) / self.spawn_rate
+            ramp = abs(level - users) / self.rate_of(index)
             out.append(Step(index, level, t, t + ramp, t + ramp + self.step_time))
             t, users = t + ramp + self.step_time, level
         return out
@@ -90,5 +97,9 @@ class StepPlan:
         """(users, spawn rate) at ``run_time`` seconds, or None once the last step is over."""
         for step in self.steps():
             if run_time < step.end:
-                return step.users, self.spawn_rate
+                return step.users, self.rate_of(step.index)
         return None
+
+    def rate_of(self, index: int) -> float:
+        """Users started per second in the ramp of step ``index``."""
+        return self.first_spawn_rate if index == 0 and self.first_spawn_rate else self.spawn_rate

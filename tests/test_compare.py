@@ -358,8 +358,9 @@ def test_narrowing_rows_move_the_limit_and_the_last_good_step():
 @pytest.mark.timeout(300)
 def test_narrowing_repeats_the_last_good_level_then_probes_on_fresh_servers(tmp_path):
     """A real knee search (async server refusing past 30 connections, real Locust): the
-    climb breaks at 40 users, and each narrowing run, on a fresh server, first holds the
-    last good level again, then probes; the bracket ends around the true limit."""
+    climb breaks at 40 users, and each narrowing run, on a fresh server, first climbs
+    gently to the last good level and holds it, then probes; the bracket ends around the
+    true limit."""
     out = tmp_path / "report"
     result = subprocess.run(
         [sys.executable, "-m", "loadtest.compare", "--profile", "smoke", "--servers", "async",
@@ -382,6 +383,8 @@ def test_narrowing_repeats_the_last_good_level_then_probes_on_fresh_servers(tmp_
         assert base["run"].startswith("async-narrow-") and base["outcome"] == "ok"
         if probe["outcome"] == "ok":
             last_ok = probe["users_target"]
+    # The ramp to the last good level is gentler than a step's: a quarter of 40 users/s.
+    assert {n["first_spawn_rate"] for n in run["narrowing"]} == {10.0}
     limit = run["limit"]
     assert limit["last_ok_users"] == last_ok
     assert last_ok <= 30 < limit["users"] <= 40

@@ -6,8 +6,9 @@
 2. **Narrow**: between the last good step and that breach, one short run at
    the geometric middle, each on a freshly started server (a breach can leave a
    server damaged: queues full, threads stuck, memory grown). Each narrowing run
-   climbs as the climb did: first to the last good level, held and judged like a
-   step (``phase == "base"``), then to the level it probes (``"narrow"``), so a
+   climbs as the climb did: first to the last good level, at a quarter of the spawn
+   rate (:func:`base_ramp_rate`), held and judged like a step (``phase == "base"``),
+   then one step at the spawn rate to the level it probes (``"narrow"``), so a
    probe meets the ramp of one step, not a connect storm from zero that no climb
    step met. A good probe raises the floor, a breached one lowers the ceiling,
    until the two are within the profile's precision. The limit is the lowest
@@ -30,10 +31,12 @@ import math
 from dataclasses import replace
 
 from loadtest.compare import runner
+from loadtest.compare.profiles import Profile
 from loadtest.compare.steps import Outcome, StepRow, why_not_counted
 
 ONE_CORE_HEADROOM = 1.2  # the probe's load: what one whole core would carry, plus 20 %
 LOCUST_HEADROOM = 0.7  # ... but no more than keeps Locust under 70 % of its CPUs
+BASE_RAMP_SHARE = 0.25  # a narrowing run ramps to the last good level at 1/4 the spawn rate
 
 
 def find_limit(kind: str, options: runner.RunOptions) -> dict:
@@ -54,7 +57,10 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
             f"{users}, on a fresh server",
         )
         base = limit["last_ok_users"]
-        probe_run = runner.run_server(kind, options, levels=[base, users], tag=f"-narrow-{users}")
+        probe_run = runner.run_server(
+            kind, options, levels=[base, users], tag=f"-narrow-{users}",
+            first_spawn_rate=base_ramp_rate(profile, base),
+        )  # fmt: skip
         narrowing.append(_about(probe_run))
         if not probe_run["steps"]:
             break  # Locust did not start: keep the bracket found so far
@@ -64,6 +70,14 @@ def find_limit(kind: str, options: runner.RunOptions) -> dict:
             rows.append(say_if_not_counted(row, climb_limit))
         limit = combine(climb_limit, rows)
     return {**run, "steps": rows, "limit": limit, "narrowing": narrowing}
+
+
+def base_ramp_rate(profile: Profile, base: int) -> float:
+    """Users/s of a narrowing run's ramp from zero to ``base``: a quarter of the profile's
+    spawn rate (the climb reached ``base`` step by step, each step's new users arriving
+    on a server that held the others), but the ramp lasts at most four steps' hold."""
+    gentle = max(profile.spawn_rate * BASE_RAMP_SHARE, base / (4 * profile.step_time))
+    return min(profile.spawn_rate, gentle)
 
 
 def say_if_not_counted(row: StepRow, climb_limit: dict) -> StepRow:
@@ -141,5 +155,6 @@ def locust_capacity(run: dict, processes: int) -> int | None:
 def _about(run: dict) -> dict:
     """What the report keeps of a narrowing run besides its row."""
     keys = ("name", "levels", "stop_reason", "locust_exit", "server_exit", "server_log_tail",
-            "locust_failures", "files", "window", "step_time", "wall")  # fmt: skip
+            "locust_failures", "files", "window", "step_time", "first_spawn_rate",
+            "wall")  # fmt: skip
     return {k: run.get(k) for k in keys}

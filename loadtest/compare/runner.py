@@ -144,6 +144,7 @@ def run_server(
     server_args: list[str] | None = None,
     workers: int | None = None,
     on_start: Callable[[ServerProcess], None] | None = None,
+    first_spawn_rate: float = 0.0,
 ) -> dict:
     """Run ``kind`` through the step plan; return its step rows, limit and raw-file names.
 
@@ -153,7 +154,8 @@ def run_server(
     ``workers`` > 1 the server runs that many processes (``--workers``) and
     their metrics (ports ``metrics_port + i``) are summed (default: the options').
     ``on_start(server)`` is called once the server serves, before Locust starts
-    (a probe of its own). With ``options.task_cap`` the server's process tree
+    (a probe of its own). ``first_spawn_rate`` (> 0) is the rate of the first ramp
+    (:class:`~loadtest.stepplan.StepPlan`). With ``options.task_cap`` the server's process tree
     runs in a pids cgroup capped at what the machine has left
     (:mod:`loadtest.taskcap`), so that a thread-per-connection server meets the
     machine's thread wall without taking every other process's task ids with it.
@@ -161,8 +163,9 @@ def run_server(
     workers = workers or options.workers
     profile = options.profile
     plan = StepPlan(
-        tuple(levels or profile.levels()), step_time or profile.step_time, profile.spawn_rate
-    )
+        tuple(levels or profile.levels()), step_time or profile.step_time, profile.spawn_rate,
+        first_spawn_rate,
+    )  # fmt: skip
     window = window or profile.window
     name = f"{kind}{tag}"
     out = options.out_dir
@@ -214,6 +217,7 @@ def run_server(
         "--step-levels", ",".join(str(n) for n in plan.levels),
         "--step-time", str(plan.step_time),
         "--step-spawn-rate", str(plan.spawn_rate),
+        *(["--step-first-spawn-rate", str(first_spawn_rate)] if first_spawn_rate else []),
         "--csv", str(out / f"{name}-locust"),
         "--csv-full-history",
         "--exporter-port", str(exporter_port),
@@ -238,6 +242,7 @@ def run_server(
         "levels": list(plan.levels),
         "step_time": plan.step_time,
         "spawn_rate": plan.spawn_rate,
+        "first_spawn_rate": plan.rate_of(0),
         "window": window,
         "pinning": pinning.as_dict(),
         "server_cpus": cpu_budget.cores if cpu_budget else None,
