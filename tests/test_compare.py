@@ -132,8 +132,10 @@ def test_make_compare_runs_the_runner_with_profile_and_scenario():
 
 
 def _row(index: int = 0, users_target: int = 100, **changes) -> steps.StepRow:
-    """A healthy step row (100 connects, Locust at 50 %, nothing over the SLO), changed."""
-    row = {"connects": 100.0, "locust_cpu_mean": 50.0, "latency_over_slo_share": 0.0}
+    """A healthy step row (100 connects, Locust at 50 %, nothing over the SLO, a 10 s
+    judged window), changed."""
+    row = {"connects": 100.0, "locust_cpu_mean": 50.0, "latency_over_slo_share": 0.0,
+           "window_s": 10.0}  # fmt: skip
     return steps.StepRow(index, users_target, start=0.0, end=10.0, **{**row, **changes})
 
 
@@ -182,6 +184,8 @@ def test_silence_is_unanswered_scrapes_not_a_slow_sampler():
         ({"rejected": {"capacity": 3.0}, "connect_failures": 5.0}, "limit", "refused"),
         ({"connect_failures": 2.0}, "limit", "unresponsive"),
         ({"locust_cpu_mean": 95.0, "latency_over_slo_share": 0.5}, "invalid", "load generator"),
+        ({"window_s": 0.0}, "invalid", "not measured"),
+        ({"window_s": 0.0, "connect_failures": 2.0}, "limit", "unresponsive"),
         ({"failure_ratio": 0.02}, "limit", "failures"),
         ({"latency_over_slo_share": 0.011}, "limit", "p99 over SLO"),
         ({"latency_over_slo_share": 0.009}, "ok", ""),
@@ -191,8 +195,8 @@ def test_silence_is_unanswered_scrapes_not_a_slow_sampler():
 )
 def test_judge_applies_the_rules_in_order(changes, outcome, reason):
     """A step is a limit (died only when the process exited; unresponsive when alive but
-    silent or its handshakes fail unrefused; refused; failures; SLO), invalid (Locust
-    saturated) or ok."""
+    silent or its handshakes fail unrefused; refused; failures; SLO), invalid (not
+    measured: no sample in its window; or Locust saturated) or ok."""
     got = steps.judge(_row(**changes), StepRules())
     assert got.outcome == outcome
     assert got.why.startswith(reason)
@@ -235,6 +239,10 @@ def test_two_invalid_steps_end_the_run_as_not_reached():
     assert not limit["reached"]
     assert limit["criterion"] == "not reached (load generator saturated)"
     assert limit["last_ok_users"] == 100
+    # A step with no sample in its window (a starved sampler) was not measured at all.
+    rows[2] = _row(2, 300, **invalid, window_s=0.0)
+    limit = steps.verdict(rows, StepRules(), finished=False)
+    assert limit["criterion"] == "not reached (steps not measured)"
 
 
 def test_a_breach_followed_by_an_ok_step_is_transient_and_two_in_a_row_are_the_limit():

@@ -14,9 +14,10 @@ Rules (thresholds in :class:`loadtest.compare.profiles.StepRules`, shown in the 
    → limit ``refused``;
    the server's resident memory, summed over its processes, passed 80 % of the
    machine's RAM → limit ``memory``;
-4. the busiest load-generator process averaged above 90 % of a core over the
-   window → the step is ``invalid`` (its latency is the load generator's),
-   never the server's limit;
+4. no sample fell in the judged window (the sampler, starved on a saturated
+   machine, got no turn), or the busiest load-generator process averaged above 90 %
+   of a core over the window → the step is ``invalid`` (it measured nothing, or its
+   latency is the load generator's), never the server's limit;
 5. more than 1 % of requests failed → limit ``failures``;
 6. p99 of the scenario latency above the SLO → limit ``p99 over SLO``: computed from
    Locust's response-time histogram over the window as "more than 1 % of the
@@ -454,6 +455,11 @@ def judge(row: StepRow, limits: StepRules) -> Judgement:
         return Judgement(limit, Criterion.MEMORY, (
             f"memory (RSS {rss / 2**30:.1f} GiB > {limits.max_memory_share:.0%} of RAM)"
         ))  # fmt: skip
+    if row.window_s <= 0:
+        return Judgement(Outcome.INVALID, None, (
+            "not measured: no sample in its judged window (the sampler got no turn on a "
+            "saturated machine)"
+        ))  # fmt: skip
     cpu = row.locust_busiest_cpu_mean
     if cpu is None:
         cpu = row.locust_cpu_mean
@@ -501,6 +507,7 @@ def verdict(rows: list[StepRow], limits: StepRules, finished: bool) -> dict:
     confirm(rows)
     last_ok = None
     invalid_run = 0
+    unmeasured = False  # an invalid step in the current run of them had no window at all
     for row in rows:
         if row.outcome == Outcome.LIMIT:
             return {
@@ -513,18 +520,17 @@ def verdict(rows: list[StepRow], limits: StepRules, finished: bool) -> dict:
             }
         if row.outcome == Outcome.INVALID:
             invalid_run += 1
+            unmeasured = unmeasured or row.window_s <= 0
             if invalid_run >= limits.invalid_steps_to_stop:
                 break
         elif row.outcome == Outcome.OK:
-            invalid_run = 0
+            invalid_run, unmeasured = 0, False
             last_ok = row
     why = "max step" if finished and invalid_run < limits.invalid_steps_to_stop else None
     if why is None:
-        why = (
-            "load generator saturated"
-            if invalid_run >= limits.invalid_steps_to_stop
-            else "run cut short"
-        )
+        why = "run cut short"
+        if invalid_run >= limits.invalid_steps_to_stop:
+            why = "steps not measured" if unmeasured else "load generator saturated"
     return {
         "reached": False,
         "users": None,
