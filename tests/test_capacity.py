@@ -15,7 +15,8 @@ from loadtest.serverproc import PROJECT_ROOT
 
 
 def _row(index: int, users: int, **changes) -> steps.StepRow:
-    row = {"connects": float(users), "locust_cpu_mean": 50.0, "latency_over_slo_share": 0.0}
+    row = {"connects": float(users), "locust_cpu_mean": 50.0, "latency_over_slo_share": 0.0,
+           "window_s": 8.0}  # fmt: skip
     return steps.StepRow(index, users, start=0.0, end=10.0, **{**row, **changes})
 
 
