@@ -9,7 +9,7 @@ hold, never over a ramp.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ class StepPlan:
 
     @classmethod
     def from_options(cls, options) -> StepPlan:
-        """The plan of ``--step-levels`` or of ``--step-start/--step-users/--step-max``."""
+        """The plan of ``--step-levels`` or of ``--step-start/--step-users/--step-max``,
+        its first ramp at ``--step-first-spawn-rate`` when given."""
+        first = getattr(options, "step_first_spawn_rate", 0.0) or 0.0
         text = getattr(options, "step_levels", "") or ""
         if text:
             try:
@@ -70,15 +72,15 @@ class StepPlan:
                 raise ValueError("--step-levels names no user count")
             rises = [b - a for a, b in zip((0, *levels), levels, strict=False)]
             rate = options.step_spawn_rate or float(max(rises))
-            first = getattr(options, "step_first_spawn_rate", 0.0) or 0.0
             return cls(levels, options.step_time, rate, first)
         step = options.step_users
         maximum = options.step_max or options.num_users or 0
         if not maximum:
             raise ValueError("the step shape needs --step-max (or -u) as its last user count")
-        return cls.linear(
+        plan = cls.linear(
             options.step_start or step, step, maximum, options.step_time, options.step_spawn_rate
         )
+        return replace(plan, first_spawn_rate=first)
 
     def steps(self) -> list[Step]:
         """Every step with its start, end of ramp and end."""

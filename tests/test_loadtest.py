@@ -388,7 +388,8 @@ def test_step_plan_explicit_levels(locust_modules):
 
 def test_step_plan_first_ramp_at_its_own_rate(locust_modules):
     """--step-first-spawn-rate sets the rate of the ramp from zero users only (a narrowing
-    run's gentle climb to the last good level); the shape hands Locust that rate."""
+    run's gentle climb to the last good level), with --step-levels or a linear plan; the
+    shape hands Locust that rate."""
     options = SimpleNamespace(
         step_levels="300,400", step_time=10, step_spawn_rate=100, step_first_spawn_rate=25
     )
@@ -396,6 +397,11 @@ def test_step_plan_first_ramp_at_its_own_rate(locust_modules):
     assert [(s.start, s.ramp_end, s.end) for s in plan.steps()] == [(0, 12, 22), (22, 23, 33)]
     assert plan.at(5) == (300, 25)
     assert plan.at(22.5) == (400, 100)
+    linear = locust_modules.shape.StepPlan.from_options(
+        SimpleNamespace(step_users=100, step_start=0, step_max=200, num_users=0, step_time=10,
+                        step_spawn_rate=100, step_first_spawn_rate=25)
+    )  # fmt: skip
+    assert [(s.start, s.ramp_end) for s in linear.steps()] == [(0, 4), (14, 15)]
 
 
 def test_step_plan_defaults_from_options(locust_modules):
