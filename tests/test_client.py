@@ -192,6 +192,41 @@ def test_server_ping_is_answered_while_a_task_sends(client_modules, local_env):
     assert local_env.stats.num_failures == 0
 
 
+def test_latency_ends_when_the_message_arrived_not_when_it_was_read(client_modules, local_env):
+    """A message that waits in the socket while the client's process is busy (here BUSY
+    seconds without a turn for gevent) is timed at its arrival, the kernel's stamp, not
+    when the receive path got to it: a busy load generator does not make the server look
+    slow. A join is timed the same way."""
+    from gevent import monkey
+
+    busy = 1.0
+    blocking_sleep = monkey.get_original("time", "sleep")
+    sent = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.welcome()
+        room = peer.joined(last_seq=0)
+        peer.send_json(message(room, 1, "someone", sent_at=time.time()))
+        sent.set()
+        serve_until_closed(peer)
+
+    with ScriptedServer(script) as server:
+        client = client_modules.chat.ChatClient(local_env, server.url, "reader")
+        assert client.connect() and client.join("lobby")
+        assert sent.wait(TIMEOUT)
+        blocking_sleep(busy)  # the message is in the socket; nothing reads it yet
+        wait_until(lambda: client.seq.expected.get("lobby") == 2)
+        client._reactor.stats.flush(time.time(), everything=True)
+        client.close()
+    assert server.errors == []
+    fanout = local_env.stats.get("fanout", "WS")
+    join = local_env.stats.get("join", "WS")
+    assert fanout.num_requests == 1 and join.num_requests == 1
+    # Arrival within a fraction of BUSY; read at least BUSY after it was sent.
+    assert 0 <= fanout.max_response_time < busy * 1000 / 2
+    assert local_env.stats.num_failures == 0
+
+
 def test_server_ping_to_an_idle_client_is_answered_and_the_client_goes_on(
     client_modules, local_env
 ):

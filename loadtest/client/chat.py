@@ -26,10 +26,13 @@ the socket.
 
 Receiving: after ``welcome``, the socket belongs to the process's
 :class:`~loadtest.client.reactor.Reactor`, which calls :meth:`on_readable`
-from gevent's hub when data is there: one ``recv`` (up to 64 KiB), the time
-read once (``time.time()``, right after the ``recv``: every byte handled was
-in the kernel by then), every complete frame parsed and handled (one whole
-text frame, the usual case, goes straight to :meth:`handle_text`). This path
+from gevent's hub every few milliseconds while data is there: one
+``recvmsg`` (up to 64 KiB) with the kernel's arrival stamp of what it read
+(:func:`~loadtest.client.transport.arrival_time`: ``time.time()`` seconds),
+every complete frame parsed and handled (one whole text frame, the usual
+case, goes straight to :meth:`handle_text`). Latencies (``ack``,
+``fanout``, ``ping``, ``join``) end at that stamp: the time a message waited
+in the socket for the next read is not in them. This path
 never blocks: pongs and close frames are sent from new greenlets. Successful
 ``ack``/``fanout``/``ping`` samples go to
 :class:`~loadtest.client.stats.BatchedStats` (merged into Locust's stats once
@@ -66,7 +69,7 @@ from loadtest.client.errors import (
 )
 from loadtest.client.frames import FrameError, FrameParser
 from loadtest.client.reactor import reactor_for
-from loadtest.client.transport import send_all
+from loadtest.client.transport import RECV_SIZE, STAMP_SPACE, arrival_time, send_all
 
 logger = logging.getLogger(__name__)
 
@@ -220,22 +223,22 @@ class ChatClient:
         """Join ``room`` and wait for ``joined`` (which sets the seq baseline); fires ``join``."""
         if not self.connected:
             return False
-        waiter = self._join_waiter = AsyncResult()
-        start = time.perf_counter()
+        waiter = self._join_waiter = AsyncResult()  # gets (reply or error, time it arrived)
+        start = _time()
         reply: dict | BaseException
         try:
             if not self._send_text(orjson.dumps({"type": "join", "room": room})):
                 reply = UnexpectedClose("connection closed while joining")
             else:
-                reply = waiter.get(timeout=self.timeout)
+                reply, arrived = waiter.get(timeout=self.timeout)
         except gevent.Timeout:
             reply = ReplyTimeout("no joined reply in time")
         finally:
             self._join_waiter = None
-        elapsed = (time.perf_counter() - start) * 1000.0
         if isinstance(reply, BaseException):
-            self._fail("join", reply, elapsed)
+            self._fail("join", reply, (_time() - start) * 1000.0)
             return False
+        elapsed = max(0.0, arrived - start) * 1000.0
         if reply.get("type") != "joined":
             self._fail("join", ServerError(f"join refused: {reply.get('code')}"), elapsed)
             return False
@@ -447,7 +450,7 @@ class ChatClient:
             sock.shutdown(socket.SHUT_RDWR)  # wakes a send waiting on this socket
         waiter = self._join_waiter
         if waiter is not None and not waiter.ready():
-            waiter.set(UnexpectedClose("connection closed while joining"))
+            waiter.set((UnexpectedClose("connection closed while joining"), _time()))
         if self._send_lock.acquire(blocking=False):
             try:
                 sock.close()
@@ -474,13 +477,13 @@ class ChatClient:
         if sock is None:
             return
         try:
-            data = sock.recv(65536)
+            data, ancillary, _flags, _address = sock.recvmsg(RECV_SIZE, STAMP_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._lost(f"connection lost ({type(exc).__name__})")
             return
-        now = _time()
+        now = arrival_time(ancillary)
         if not data:
             self._lost("connection lost (EOF)")
             return
@@ -602,7 +605,7 @@ class ChatClient:
                 self.seq.joined(room, seq)
             waiter = self._join_waiter
             if waiter is not None and not waiter.ready():
-                waiter.set(msg)
+                waiter.set((msg, now))
         elif kind == "left":
             room = msg.get("room")
             if isinstance(room, str):
@@ -610,7 +613,7 @@ class ChatClient:
         elif kind == "error":
             waiter = self._join_waiter
             if waiter is not None and not waiter.ready():
-                waiter.set(msg)  # the join is reported as failed, with this code
+                waiter.set((msg, now))  # the join is reported as failed, with this code
             else:
                 self._fail("error", ServerError(f"server error: {msg.get('code')}"))
         # welcome and unknown types: nothing to account

@@ -1,13 +1,17 @@
-"""One receive loop per Locust process: an epoll over every chat socket, one gevent watcher.
+"""One receive loop per Locust process: an epoll over every chat socket, read in ticks.
 
 A greenlet per connection costs a gevent wake-up and two greenlet switches
 for every frame it reads. Here one ``select.epoll`` holds every chat socket
-of the process (registered after the connection's handshake), and ONE libev
-watcher of gevent's hub waits on the epoll's own file descriptor. When it
-fires, :meth:`Reactor.drain` runs in the hub: ``epoll.poll(0)`` returns every
-ready socket, and each one's reader does one ``recv`` of up to 64 KiB and
-handles every complete frame in it. One wake-up serves a whole batch of
-sockets.
+of the process (registered after the connection's handshake), and one
+repeating libev timer of gevent's hub calls :meth:`Reactor.drain` every
+``TICK`` (5 ms): ``epoll.poll(0)`` returns every ready socket, and each
+one's reader does one ``recvmsg`` of up to 64 KiB and handles every complete
+frame in it. One wake-up serves every socket that became ready during the
+tick, where waking up at each ready socket served 1.5-2 (docs/loadtest.md:
+the process woke 10,000 times a second for 20,000 messages, and each wake-up
+cost a context switch on both CPUs). A message may so wait up to a tick in
+its socket; its latency does not include that wait, since every socket has
+the kernel stamp each segment's arrival (:mod:`loadtest.client.transport`).
 
 Readers run inside gevent's hub, so they must never block: no waiting on a
 lock, a socket or a greenlet. Anything that may wait (answering a ping,
@@ -44,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 # gevent's monkey-patching removes epoll from the select module: take the original.
 epoll, EPOLLIN = monkey.get_original("select", ["epoll", "EPOLLIN"])
-MAX_EVENTS = 4096  # sockets handled per wake-up at most; the rest at the next loop turn
+MAX_EVENTS = 4096  # sockets handled per tick at most; the rest at the next tick
+TICK = 0.005  # seconds between two reads of the ready sockets (pongs wait up to this too)
 
 
 class Reader(Protocol):
@@ -66,8 +71,8 @@ class Reactor:
         self._readers: dict[int, Reader] = {}
         loop = gevent.get_hub().loop
         # ref=False: an idle reactor does not keep gevent's loop alive by itself.
-        self._watcher = loop.io(self._epoll.fileno(), 1, ref=False)
-        self._watcher.start(self.drain)
+        self._timer = loop.timer(TICK, TICK, ref=False)
+        self._timer.start(self.drain)
 
     def __len__(self) -> int:
         return len(self._readers)
@@ -86,7 +91,7 @@ class Reactor:
                 pass
 
     def drain(self) -> None:
-        """Handle every ready socket (the hub calls this when the epoll is readable)."""
+        """Handle every ready socket (the hub calls this every tick)."""
         readers = self._readers
         for fd, _events in self._epoll.poll(0, MAX_EVENTS):
             reader = readers.get(fd)

@@ -3,7 +3,10 @@
 The client's sockets are plain non-blocking OS sockets (the original
 ``socket.socket``, even when gevent has monkey-patched the module), because
 the process's :class:`~loadtest.client.reactor.Reactor` reads them directly
-with one ``recv`` per ready socket. :func:`bind_source` makes every socket the
+with one ``recvmsg`` per ready socket. Every socket asks the kernel to stamp
+each segment with the time it arrived (``SO_TIMESTAMPNS``): the reactor reads
+in ticks, so a message may wait a few milliseconds in the socket, and
+:func:`arrival_time` gives the time it really arrived. :func:`bind_source` makes every socket the
 process opens from then on leave from one local address (127.0.0.2, ...), so
 that each load-generator process has its own ~28,000 ephemeral ports per
 server address (docs/loadtest.md). The functions here wait cooperatively
@@ -21,6 +24,8 @@ import errno
 import ipaddress
 import os
 import socket as _socket_module
+import struct
+import time
 from urllib.parse import urlsplit
 
 from gevent import monkey
@@ -37,6 +42,12 @@ MAX_RESPONSE_HEAD = 16384
 # Linux: pick the source port at connect(), per destination, not at bind() (which would
 # make every port unique to the source address). Not in Python's socket module.
 IP_BIND_ADDRESS_NO_PORT = getattr(_socket_module, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+# Linux: the kernel stamps each received segment (CLOCK_REALTIME, struct timespec); the stamp
+# of the last segment a read consumed comes back as ancillary data. Not in Python 3.11's module.
+SO_TIMESTAMPNS = getattr(_socket_module, "SO_TIMESTAMPNS", 35)
+STAMP_SPACE = _socket_module.CMSG_SPACE(16)  # ancillary buffer for one timespec
+_timespec = struct.Struct("qq").unpack
 
 _source_address: str | None = None  # None: the kernel picks the source address
 
@@ -73,6 +84,10 @@ def open_socket(url: str, timeout: float) -> _socket_module.socket:
             sock.bind((_source_address, 0))
         sock.setblocking(False)
         sock.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(_socket_module.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:  # not Linux: arrival_time falls back to the time of the read
+            pass
         err = sock.connect_ex(address)
         if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
             wait_write(
@@ -118,6 +133,19 @@ def recv_some(sock: _socket_module.socket, timeout: float) -> bytes:
             return sock.recv(RECV_SIZE)
         except BlockingIOError:
             wait_read(sock.fileno(), timeout=timeout, timeout_exc=ReplyTimeout("reply timed out"))
+
+
+def arrival_time(ancillary: list) -> float:
+    """When the data of a ``recvmsg(RECV_SIZE, STAMP_SPACE)`` arrived (``time.time()``
+    seconds): the kernel's stamp of the last segment read, or now if there is none.
+
+    With several messages in one read, the earlier ones arrived before the
+    stamp: they are timed as late as the last one, never earlier.
+    """
+    if ancillary:
+        seconds, nanoseconds = _timespec(ancillary[0][2])
+        return seconds + nanoseconds * 1e-9
+    return time.time()
 
 
 def handshake(sock: _socket_module.socket, url: str, timeout: float) -> bytes:
