@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from loadtest import cpubudget, prom
-from loadtest.compare import diagnosis, knee, sampler, steps, walls
+from loadtest.compare import claims, diagnosis, knee, sampler, steps, walls
 from loadtest.compare.plots import PLOTS
 from loadtest.compare.profiles import StepRules, connection_ceiling, processes_for, profile
 from loadtest.serverproc import PROJECT_ROOT
@@ -317,6 +317,35 @@ def test_narrowing_brackets_the_limit_within_the_profile_precision(name):
         assert low < true_limit <= high
         assert high / low <= 1 + prof.precision + 0.01
         assert probes <= 3
+
+
+def _limit(last_ok, limit=None):
+    """A run's ``limit`` as summary.json keeps it (limit None: not reached)."""
+    return {
+        "reached": limit is not None, "users": limit, "last_ok_users": last_ok,
+        "criterion": "handshakes timed out" if limit else "max step",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "threaded, async_, order, verdict",
+    [
+        ((5150, 5700), (5700, 8550), "async", "supported"),  # async held what broke threads
+        ((5700, 8550), (3800, 5700), "threaded", "not supported"),
+        ((3450, 3800), (3450, 3800), "same", "not supported"),  # same bracket: no difference
+        ((5700, 8550), (7000, 7750), "overlap", "undecided"),  # a wide bracket around a narrow one
+        ((5150, 5700), (4650, 5700), "overlap", "undecided"),
+        ((19000, None), (5700, 8550), "threaded", "not supported"),
+        ((5700, 8550), (19000, None), "async", "supported"),
+        ((19000, None), (19000, None), None, "not measured here"),
+    ],
+)
+def test_scales_further_needs_one_bracket_above_the_other(threaded, async_, order, verdict):
+    """A limit is a bracket (last ok step, limit]: async "scales further" only when it held
+    a load that broke threads; brackets that overlap cannot order the servers."""
+    runs = {"threaded": {"limit": _limit(*threaded)}, "async": {"limit": _limit(*async_)}}
+    assert claims.which_held_more(runs["threaded"]["limit"], runs["async"]["limit"]) == order
+    assert claims.scalability(runs, {}, {})["verdict"] == verdict
 
 
 def _narrow(index, users, outcome, reason="", connections=None, phase="narrow"):

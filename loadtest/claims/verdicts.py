@@ -18,9 +18,9 @@ from loadtest.compare.claims import (
     NOT_SUPPORTED,
     ONE_CORE,
     SUPPORTED,
+    UNDECIDED,
 )
 
-UNDECIDED = "undecided"  # the facts point both ways
 MAX_FAILURE_RATIO = 0.01
 
 THRESHOLDS = {

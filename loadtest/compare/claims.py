@@ -28,6 +28,7 @@ ARTICLE = {
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
 NOT_MEASURED = "not measured here"
+UNDECIDED = "undecided"  # the facts point both ways, or cannot order the two servers
 
 # Thresholds (also shown in the report).
 ONE_CORE = 1.10  # cores: a process above this used more than one core
@@ -240,15 +241,15 @@ def many_threads_performance(runs: dict, t: dict, a: dict) -> dict:
     claim = "With a large number of threads, performance suffers."
     measurement = "Limit in users (threaded vs async); p99 latency at the largest step both served."
     rule = (
-        "threaded hit its limit at fewer users than async, or its p99 at the largest common "
-        f"ok step is >= {LATENCY_RATIO} x async's and >= {LATENCY_FLOOR_MS:.0f} ms more: "
-        "supported; else not supported at the thread counts reached."
+        f"{BRACKETS} threads broke at a load async held, or threaded's p99 at the largest "
+        f"common ok step is >= {LATENCY_RATIO} x async's and >= {LATENCY_FLOOR_MS:.0f} ms more: "
+        "supported; async broke at a load threads held, or both broke in the same bracket: not "
+        "supported at the thread counts reached; brackets that overlap otherwise: undecided."
     )
     tl, al = runs["threaded"]["limit"], runs["async"]["limit"]
     notes = [f"threaded limit: {_limit(tl)}; async limit: {_limit(al)}"]
-    verdict = NOT_SUPPORTED
-    if tl["reached"] and (not al["reached"] or al["users"] > tl["users"]):
-        verdict = SUPPORTED
+    order = which_held_more(tl, al)
+    verdict = {"async": SUPPORTED, "overlap": UNDECIDED}.get(order or "", NOT_SUPPORTED)
     common = figures.largest_common_step(runs["threaded"], runs["async"])
     if common:
         rt, ra = common
@@ -296,20 +297,44 @@ def scalability(runs: dict, t: dict, a: dict) -> dict:
     claim = "High scalability: asyncio scales further than threads."
     measurement = "Users at each server's limit (same steps, same scenario)."
     rule = (
-        "async's limit (or last ok step if not reached) above threaded's limit: supported; "
-        "threaded's above async's: not supported; neither reached: not measured."
+        f"{BRACKETS} async held a load at or above the one that broke threads: supported; "
+        "threads held a load at or above the one that broke async, or both broke in the same "
+        "bracket: not supported; brackets that overlap otherwise: undecided; neither reached "
+        "a limit: not measured."
     )
     tl, al = runs["threaded"]["limit"], runs["async"]["limit"]
     measured = f"threaded: {_limit(tl)}; async: {_limit(al)}"
-    if tl["reached"] and al["reached"]:
-        verdict = SUPPORTED if al["users"] > tl["users"] else NOT_SUPPORTED
-    elif tl["reached"]:
-        verdict = SUPPORTED if (al["last_ok_users"] or 0) >= tl["users"] else NOT_MEASURED
-    elif al["reached"]:
-        verdict = NOT_SUPPORTED if (tl["last_ok_users"] or 0) >= al["users"] else NOT_MEASURED
-    else:
-        verdict = NOT_MEASURED
+    verdict = {
+        "async": SUPPORTED,
+        "threaded": NOT_SUPPORTED,
+        "same": NOT_SUPPORTED,
+        "overlap": UNDECIDED,
+    }.get(which_held_more(tl, al) or "", NOT_MEASURED)
     return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+
+
+BRACKETS = "Each server's limit lies between its last ok step and the step that broke it."
+
+
+def which_held_more(tl: dict, al: dict) -> str | None:
+    """Which server held more users, from each one's bracket (last ok step, limit].
+
+    ``"async"`` when async's last ok step is at or above threaded's limit (async
+    held a load that broke threads), ``"threaded"`` the other way round,
+    ``"same"`` when both broke in the same bracket, ``"overlap"`` when the
+    brackets overlap otherwise (the run cannot order the two), None when
+    neither side's limit was reached above the other's last ok step.
+    """
+    t_ok, a_ok = tl["last_ok_users"] or 0, al["last_ok_users"] or 0
+    if tl["reached"] and a_ok >= tl["users"]:
+        return "async"
+    if al["reached"] and t_ok >= al["users"]:
+        return "threaded"
+    if not (tl["reached"] and al["reached"]):
+        return None
+    if (t_ok, tl["users"]) == (a_ok, al["users"]):
+        return "same"
+    return "overlap"
 
 
 def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
