@@ -348,6 +348,24 @@ def test_scales_further_needs_one_bracket_above_the_other(threaded, async_, orde
     assert claims.scalability(runs, {}, {})["verdict"] == verdict
 
 
+@pytest.mark.parametrize(
+    "threaded, async_, verdict",
+    [
+        ((5150, 5700), (7000, 7750), "supported"),  # rates 25,750 vs 35,000 a second
+        ((5700, 8550), (7000, 7750), "undecided"),  # threads may have served up to 8,550
+        ((7000, 7750), (7000, 7750), "not supported"),
+    ],
+)
+def test_more_requests_compares_rates_only_when_the_brackets_order_them(threaded, async_, verdict):
+    """Deliveries/s at each server's last ok step order the two only when one bracket lies
+    above the other (or they are the same): an overlap is undecided."""
+    runs = {"threaded": {"limit": _limit(*threaded)}, "async": {"limit": _limit(*async_)}}
+    side = {name: {"last_ok": {"deliveries_per_s": 5.0 * runs[name]["limit"]["last_ok_users"]}}
+            for name in runs}  # fmt: skip
+    row = claims.more_requests_less_time(runs, side["threaded"], side["async"])
+    assert row["verdict"] == verdict
+
+
 def _narrow(index, users, outcome, reason="", connections=None, phase="narrow"):
     return _row(
         index, users, outcome=steps.Outcome(outcome), reason=reason, phase=phase,

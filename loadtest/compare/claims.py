@@ -346,7 +346,8 @@ def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
     )
     rule = (
         f"async better by more than {SAME_WITHIN:.0%}: supported; within {SAME_WITHIN:.0%} or "
-        "worse: not supported."
+        f"worse: not supported. {BRACKETS} When the two brackets overlap (and differ), the "
+        "last ok steps do not order the two servers' rates: undecided."
     )
     tl, al = runs["threaded"]["limit"], runs["async"]["limit"]
     if tl["reached"] and al["reached"] and t["last_ok"] and a["last_ok"]:
@@ -358,6 +359,9 @@ def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
                 f"deliveries/s at the last ok step: async {ad:,.0f}, threaded {td:,.0f} "
                 f"(ratio {ratio:.2f})"
             )
+            if which_held_more(tl, al) == "overlap":
+                verdict = UNDECIDED
+                measured += f"; the brackets overlap ({_bracket(tl)} and {_bracket(al)})"
             return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
     common = figures.largest_common_step(runs["threaded"], runs["async"])
     if not common:
@@ -410,6 +414,10 @@ def _probe_row(probe: dict | None) -> StepRow | None:
     if not probe or not probe.get("steps"):
         return None
     return probe["steps"][-1]
+
+
+def _bracket(limit: dict) -> str:
+    return f"{limit['last_ok_users']}-{limit['users']} users"
 
 
 def _limit(limit: dict) -> str:
