@@ -422,5 +422,8 @@ def _bracket(limit: dict) -> str:
 
 def _limit(limit: dict) -> str:
     if limit["reached"]:
-        return f"{limit['users']} users ({limit['criterion']})"
+        below = limit["last_ok_users"]
+        return f"{limit['users']} users ({limit['criterion']}), " + (
+            f"last ok step {below} users" if below else "no ok step"
+        )
     return f"{limit['criterion']}, last ok step {limit['last_ok_users']} users"
