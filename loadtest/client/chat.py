@@ -228,17 +228,17 @@ class ChatClient:
         reply: dict | BaseException
         try:
             if not self._send_text(orjson.dumps({"type": "join", "room": room})):
-                reply = UnexpectedClose("connection closed while joining")
+                reply, arrived = UnexpectedClose("connection closed while joining"), _time()
             else:
                 reply, arrived = waiter.get(timeout=self.timeout)
         except gevent.Timeout:
-            reply = ReplyTimeout("no joined reply in time")
+            reply, arrived = ReplyTimeout("no joined reply in time"), _time()
         finally:
             self._join_waiter = None
-        if isinstance(reply, BaseException):
-            self._fail("join", reply, (_time() - start) * 1000.0)
-            return False
         elapsed = max(0.0, arrived - start) * 1000.0
+        if isinstance(reply, BaseException):
+            self._fail("join", reply, elapsed)
+            return False
         if reply.get("type") != "joined":
             self._fail("join", ServerError(f"join refused: {reply.get('code')}"), elapsed)
             return False
