@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -73,26 +74,32 @@ def make(controller: str, v1_file: str, name: str, settings: dict[str, str]) -> 
     return version, path
 
 
-def join(path: Path, pid: int | None = None) -> None:
-    """Move ``pid`` (default: the calling process, as a ``preexec_fn``) into the group.
-    A running process's existing threads follow in v2 only."""
-    (path / "cgroup.procs").write_text(f"{pid or os.getpid()}\n")
+@dataclass
+class Group:
+    """A group :func:`make` made: what a CPU budget and a task cap do alike."""
 
+    path: Path
+    version: int  # 1 or 2
 
-def remove(path: Path, timeout: float = 5.0) -> None:
-    """Delete the group once its processes have exited (waits up to ``timeout`` s; a
-    group still in use after that is left, and swept by the next :func:`make`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
+    def enter(self) -> None:
+        """Move the calling process into the group (use as ``preexec_fn``: the child joins
+        before it execs)."""
+        (self.path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Delete the group once its processes have exited (waits up to ``timeout`` s; a
+        group still in use after that is left, and swept by the next :func:`make`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.path.rmdir()
                 return
-            time.sleep(0.05)
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.05)
 
 
 def _sweep(parent: Path, name: str) -> None:

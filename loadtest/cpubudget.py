@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from loadtest import cgroup
 
@@ -35,12 +34,10 @@ BudgetUnavailable = cgroup.Unavailable  # no cgroup with a CPU controller can be
 
 
 @dataclass
-class CpuBudget:
+class CpuBudget(cgroup.Group):
     """A cgroup limited to ``cores`` CPUs' worth of time (``cores`` may be below 1)."""
 
     cores: float
-    path: Path
-    version: int  # 1 or 2
 
     @classmethod
     def create(cls, cores: float, name: str) -> CpuBudget:
@@ -54,15 +51,7 @@ class CpuBudget:
         else:
             settings = {"cpu.cfs_period_us": str(PERIOD_US), "cpu.cfs_quota_us": str(quota)}
         version, path = cgroup.make(CONTROLLER, V1_FILE, name, settings)
-        return cls(cores, path, version)
-
-    def enter(self) -> None:
-        """Move the calling process into the group (use as ``preexec_fn``)."""
-        cgroup.join(self.path)
-
-    def add(self, pid: int) -> None:
-        """Move a running process into the group (its existing threads follow in v2 only)."""
-        cgroup.join(self.path, pid)
+        return cls(path, version, cores)
 
     def throttled(self) -> tuple[int, float] | None:
         """(periods in which the group was throttled, seconds it waited throttled) so far."""
@@ -83,10 +72,6 @@ class CpuBudget:
             f"{self.cores:g} CPU (cgroup v{self.version} quota "
             f"{round(self.cores * PERIOD_US)} µs per {PERIOD_US} µs)"
         )
-
-    def remove(self, timeout: float = 5.0) -> None:
-        """Delete the group once its processes have exited (waits up to ``timeout`` s)."""
-        cgroup.remove(self.path, timeout)
 
 
 def available() -> str | None:

@@ -36,12 +36,10 @@ CapUnavailable = cgroup.Unavailable  # no cgroup with a pids controller can be w
 
 
 @dataclass
-class TaskCap:
+class TaskCap(cgroup.Group):
     """A cgroup whose processes may hold at most ``limit`` tasks (threads included)."""
 
     limit: int
-    path: Path
-    version: int  # 1 or 2
 
     @classmethod
     def create(cls, limit: int, name: str) -> TaskCap:
@@ -49,11 +47,7 @@ class TaskCap:
         if limit < 1:
             raise ValueError(f"a task cap must be at least 1, not {limit}")
         version, path = cgroup.make(CONTROLLER, V1_FILE, name, {"pids.max": str(limit)})
-        return cls(limit, path, version)
-
-    def enter(self) -> None:
-        """Move the calling process into the group (use as ``preexec_fn``)."""
-        cgroup.join(self.path)
+        return cls(path, version, limit)
 
     def current(self) -> int | None:
         """Tasks in the group now."""
@@ -72,10 +66,6 @@ class TaskCap:
 
     def describe(self) -> str:
         return f"{self.limit:,} tasks (pids cgroup v{self.version}, {self.path.name})"
-
-    def remove(self, timeout: float = 5.0) -> None:
-        """Delete the group once its processes have exited (waits up to ``timeout`` s)."""
-        cgroup.remove(self.path, timeout)
 
 
 def tasks_in_use() -> int | None:
