@@ -20,41 +20,7 @@ import gevent
 from locust import User, task
 
 from loadtest.client import transport
-from loadtest.client.chat import REQUEST_TYPE, ChatClient, SeqTracker
-from loadtest.client.errors import (
-    ChatLoadError,
-    ConnectFailed,
-    ProtocolError,
-    ReplyTimeout,
-    SeqDuplicate,
-    SeqGap,
-    ServerError,
-    UnexpectedClose,
-    connect_error,
-)
-
-__all__ = [
-    "REQUEST_TYPE",
-    "USER_CLASSES",
-    "BroadcastUser",
-    "ChatLoadError",
-    "ChatProtocolUser",
-    "ChatUser",
-    "ChurnUser",
-    "ConnectFailed",
-    "IdleUser",
-    "ProtocolError",
-    "ReplyTimeout",
-    "SeqDuplicate",
-    "SeqGap",
-    "SeqTracker",
-    "ServerError",
-    "Settings",
-    "UnexpectedClose",
-    "connect_error",
-    "websocket_url",
-    "worker_index",
-]
+from loadtest.client.chat import ChatClient
 
 
 @dataclass(frozen=True)
@@ -82,14 +48,8 @@ class Settings:
     @classmethod
     def from_options(cls, options) -> Settings:
         """Build settings from a parsed-options namespace (missing options keep defaults)."""
-        if options is None:
-            return cls()
-        values = {}
-        for name in cls.__dataclass_fields__:
-            value = getattr(options, name, None)
-            if value is not None:
-                values[name] = value
-        return cls(**values)
+        values = {name: getattr(options, name, None) for name in cls.__dataclass_fields__}
+        return cls(**{name: value for name, value in values.items() if value is not None})
 
 
 def websocket_url(host: str | None) -> str:

@@ -264,9 +264,11 @@ def message(room: str, seq: int, sender: str = "other", **extra) -> bytes:
     return frame(type="message", room=room, seq=seq, ts=0.0, text="hi", **{"from": sender}, **extra)
 
 
-def test_seq_tracker_reports_gaps_and_duplicates(locust_modules):
+def test_seq_tracker_reports_gaps_and_duplicates():
     """SeqTracker returns 0 in order, the missing count on a gap, -1 on a duplicate."""
-    tracker = locust_modules.users.SeqTracker()
+    from loadtest.client.chat import SeqTracker
+
+    tracker = SeqTracker()
     assert tracker.check("r", 7) == 0  # not joined: nothing to check
     tracker.joined("r", 40)
     assert tracker.check("r", 41) == 0
