@@ -159,18 +159,8 @@ def start_server(
     # Worker i of a --workers server serves metrics on metrics_port + i.
     port = port or free_port(host)
     metrics_port = metrics_port or free_port(host, run=workers)
-    args = [
-        sys.executable,
-        "-m",
-        MODULES[kind],
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        *extra_args,
-    ]
+    args = [sys.executable, "-m", MODULES[kind], "--host", host, "--port", str(port),
+            "--metrics-port", str(metrics_port), *extra_args]  # fmt: skip
     command = on_cpus(args, cpu)
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:

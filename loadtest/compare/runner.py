@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -97,12 +97,7 @@ class Pinning:
         return Pinning(None, None, self.locust_processes, "nothing pinned (probe)")
 
     def as_dict(self) -> dict:
-        return {
-            "server_cpu": self.server_cpu,
-            "locust_cpus": self.locust_cpus,
-            "locust_processes": self.locust_processes,
-            "why": self.why,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -170,72 +165,57 @@ def run_server(
     name = f"{kind}{tag}"
     out = options.out_dir
     pinning = options.pinning if pin else options.pinning.unpinned()
-    cpu_budget = None
-    if budget and options.server_cpus:
-        cpu_budget = CpuBudget.create(options.server_cpus, f"twinchat-{name}")
+    with contextlib.ExitStack() as cleanup:  # stops the server, then removes its groups
+        cpu_budget = cap = None
+        if budget and options.server_cpus:
+            cpu_budget = CpuBudget.create(options.server_cpus, f"twinchat-{name}")
+            cleanup.callback(cpu_budget.remove)
+        if options.task_cap and taskcap.available() is None:
+            headroom = taskcap.machine_headroom() or 1 << 20
+            cap = taskcap.TaskCap.create(headroom, f"twinchat-{name}")
+            cleanup.callback(cap.remove)
+        groups = [group for group in (cpu_budget, cap) if group]
+        if options.redis is not None:
+            options.redis.flush()  # rooms, seqs and presence of the previous run
 
-    cap = None
-    if options.task_cap and taskcap.available() is None:
-        cap = taskcap.TaskCap.create(taskcap.machine_headroom() or 1 << 20, f"twinchat-{name}")
-    if options.redis is not None:
-        options.redis.flush()  # rooms, seqs and presence of the previous run
+        def enter() -> None:
+            for group in groups:
+                group.enter()
 
-    def enter() -> None:
-        if cpu_budget:
-            cpu_budget.enter()
-        if cap:
-            cap.enter()
-
-    extra = [*options.server_args, *(server_args or [])]
-    if workers > 1:
-        extra += ["--workers", str(workers)]
-    try:
+        extra = [*options.server_args, *(server_args or [])]
+        if workers > 1:
+            extra += ["--workers", str(workers)]
         server = start_server(
-            kind,
-            *extra,
-            log_path=out / f"{name}-server.log",
-            cpu=pinning.server_cpu,
-            preexec_fn=enter if (cpu_budget or cap) else None,
-        )
-    except Exception:
-        if cpu_budget:
-            cpu_budget.remove()
-        if cap:
-            cap.remove()
-        raise
-    if on_start is not None:
-        on_start(server)
-    metrics_urls = [
-        f"http://{server.host}:{server.metrics_port + i}/metrics" for i in range(workers)
-    ]
-    exporter_port = free_port()
-    command = locust_command(
-        server.url,
-        "--headless",
-        "--only-summary",
-        "--scenario", options.scenario,
-        "--step-levels", ",".join(str(n) for n in plan.levels),
-        "--step-time", str(plan.step_time),
-        "--step-spawn-rate", str(plan.spawn_rate),
-        *(["--step-first-spawn-rate", str(first_spawn_rate)] if first_spawn_rate else []),
-        "--csv", str(out / f"{name}-locust"),
-        "--csv-full-history",
-        "--exporter-port", str(exporter_port),
-        *(["--processes", str(pinning.locust_processes)] if pinning.locust_processes > 1 else []),
-        *options.locust_args,
-    )  # fmt: skip
-    command = on_cpus(command, pinning.locust_cpus)
-
-    drive = StepDriver(name, options, server, plan, window, pinning, cpu_budget)
-    try:
+            kind, *extra, log_path=out / f"{name}-server.log", cpu=pinning.server_cpu,
+            preexec_fn=enter if groups else None,
+        )  # fmt: skip
+        cleanup.callback(server.stop)  # idempotent: already stopped on the normal path
+        if on_start is not None:
+            on_start(server)
+        metrics_urls = [
+            f"http://{server.host}:{server.metrics_port + i}/metrics" for i in range(workers)
+        ]
+        exporter_port = free_port()
+        command = locust_command(
+            server.url,
+            "--headless",
+            "--only-summary",
+            "--scenario", options.scenario,
+            "--step-levels", ",".join(str(n) for n in plan.levels),
+            "--step-time", str(plan.step_time),
+            "--step-spawn-rate", str(plan.spawn_rate),
+            *(["--step-first-spawn-rate", str(first_spawn_rate)] if first_spawn_rate else []),
+            "--csv", str(out / f"{name}-locust"),
+            "--csv-full-history",
+            "--exporter-port", str(exporter_port),
+            *(["--processes", str(pinning.locust_processes)]
+              if pinning.locust_processes > 1 else []),
+            *options.locust_args,
+        )  # fmt: skip
+        command = on_cpus(command, pinning.locust_cpus)
+        drive = StepDriver(name, options, server, plan, window, pinning, cpu_budget)
         result = drive.run(metrics_urls, command, exporter_port)
         result["wall"] = walls.evidence(server.log_path, cap)
-    finally:
-        server.stop()  # idempotent: already stopped on the normal path
-        if cpu_budget:
-            cpu_budget.remove()
-        if cap:
-            cap.remove()
     return {
         "kind": kind,
         "name": name,

@@ -23,6 +23,7 @@ A sample is a plain dict (one JSON line in ``<server>-samples.jsonl``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -90,34 +91,28 @@ class ProcessCpu:
         self.pid = pid
         self._last: tuple[float, dict[int, float]] | None = None
 
-    def _cpu_seconds(self) -> dict[int, float] | None:
+    def _tree(self) -> list[psutil.Process]:
+        """The process and its children (none once it is gone)."""
         try:
             root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
+            return [root, *root.children(recursive=True)]
         except psutil.Error:
-            return None
+            return []
+
+    def _cpu_seconds(self) -> dict[int, float] | None:
         out = {}
-        for proc in procs:
-            try:
+        for proc in self._tree():
+            with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 out[proc.pid] = times.user + times.system
-            except psutil.Error:
-                pass
-        return out
+        return out or None
 
     def rss(self) -> int | None:
         """Resident memory of the process and its children, bytes."""
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return None
-        total = 0
-        for proc in procs:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                pass
+        total = None
+        for proc in self._tree():
+            with contextlib.suppress(psutil.Error):
+                total = (total or 0) + proc.memory_info().rss
         return total
 
     def percents(self) -> dict[int, float] | None:
