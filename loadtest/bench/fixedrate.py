@@ -33,17 +33,12 @@ import statistics
 import subprocess
 import time
 
+from loadtest.bench.results import median_run
 from loadtest.bench.scenarios import HOST, SATURATED, Runner, Sizes, sleep_until, split
-from loadtest.bench.servers import CpuReading, Spec
+from loadtest.bench.servers import BARE_OF, CpuReading, Spec
 
 DELIVERED = "chat_messages_delivered_total"
 SCRAPE_LEAD = 0.2  # s between reading the server's count and the start of the CPU window
-# Each twinchat server against the bare reference of its model.
-BARE_OF = {
-    "threaded": "bare-threaded",
-    "async-uvloop": "bare-asyncio",
-    "async-asyncio": "bare-asyncio",
-}
 
 
 def run(runner: Runner, spec: Spec, label: str) -> dict:
@@ -165,11 +160,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     and for twinchat's servers the per-round ratio to their bare reference."""
     out: dict[str, dict] = {}
     for name, rows in runs.items():
-        ranked = sorted(rows, key=lambda row: row["server_us_per_delivery"] or 0.0)
-        median = dict(ranked[(len(ranked) - 1) // 2])
-        median["rounds"] = [row["server_us_per_delivery"] for row in rows]
-        median["runs"] = rows  # every round's figures, in the order they ran
-        out[name] = median
+        out[name] = median_run(rows, "server_us_per_delivery")
+        out[name]["runs"] = rows  # every round's figures, in the order they ran
     for name, bare in BARE_OF.items():
         mine, theirs = runs.get(name), runs.get(bare)
         if not mine or not theirs:

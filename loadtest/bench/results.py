@@ -8,13 +8,9 @@ import statistics
 from pathlib import Path
 
 from loadtest import machine as shared_machine
+from loadtest.bench.servers import BARE_OF
 from loadtest.serverproc import PROJECT_ROOT
 
-BARE_OF = {
-    "threaded": "bare-threaded",
-    "async-uvloop": "bare-asyncio",
-    "async-asyncio": "bare-asyncio",
-}
 MIN_RATIO = 0.8
 ASYNC_KIB = 16.0
 THREADED_KIB = 64.0
@@ -23,32 +19,30 @@ THREADED_HELD = 19_000
 FIXED_RATE_MAX_RATIO = 1.25  # issue 13: threaded CPU per delivery at a moderate load
 
 
-def machine() -> dict:
-    """Where the run happened: CPU, memory, kernel, limits and load."""
-    about = shared_machine.describe(None, PROJECT_ROOT)
-    return {
-        "hostname": about["hostname"],
-        "cpu_model": about["cpu_model"],
-        "cpus": about["cpus"],
-        "memory_gib": round(about["memory_bytes"] / 2**30, 1),
-        "kernel": about["kernel"],
-        "os": about["distribution"] or about["os"],
-        "fd_limit": about["fd_limit"]["soft"],
-        "loadavg_at_start": [f"{x:.2f}" for x in about["load_average_at_start"] or ()],
-    }
-
-
-def versions() -> dict:
-    """Python, the packages the servers run on, and the commit of this checkout."""
+def context() -> dict:
+    """Where the run happened (``machine``: CPU, memory, kernel, limits and load) and on
+    what (``versions``: Python, the packages the servers run on, this checkout's commit)."""
     about = shared_machine.describe(None, PROJECT_ROOT)
     packages = about["packages"]
     return {
-        "python": platform.python_version(),
-        **{
-            name: packages.get(name)
-            for name in ("websockets", "uvloop", "orjson", "prometheus-client")
+        "machine": {
+            "hostname": about["hostname"],
+            "cpu_model": about["cpu_model"],
+            "cpus": about["cpus"],
+            "memory_gib": round(about["memory_bytes"] / 2**30, 1),
+            "kernel": about["kernel"],
+            "os": about["distribution"] or about["os"],
+            "fd_limit": about["fd_limit"]["soft"],
+            "loadavg_at_start": [f"{x:.2f}" for x in about["load_average_at_start"] or ()],
         },
-        "twinchat_commit": about["git_commit"],
+        "versions": {
+            "python": platform.python_version(),
+            **{
+                name: packages.get(name)
+                for name in ("websockets", "uvloop", "orjson", "prometheus-client")
+            },
+            "twinchat_commit": about["git_commit"],
+        },
     }
 
 
@@ -57,20 +51,18 @@ def _at_probe(cap: dict) -> str:
     return f"{probe.get('rss_kib_per_connection')} KiB at {probe['connections']}"
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median deliveries/s (the lower middle one for an even count),
-    with every run's deliveries/s in ``rounds``, in the order they ran."""
-    ranked = sorted(runs, key=lambda row: row["deliveries_per_s"])
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median ``key`` (the lower middle one for an even count; None
+    ranks as 0), with every run's ``key`` in ``rounds``, in the order they ran."""
+    ranked = sorted(runs, key=lambda row: row[key] or 0.0)
     row = dict(ranked[(len(ranked) - 1) // 2])
-    row["rounds"] = [run["deliveries_per_s"] for run in runs]
+    row["rounds"] = [run[key] for run in runs]
     return row
 
 
 def _row(servers: dict, name: str, receivers: int) -> dict | None:
-    for row in servers.get(name, {}).get("fanout", []):
-        if row["receivers"] == receivers:
-            return row
-    return None
+    rows = servers.get(name, {}).get("fanout", [])
+    return next((row for row in rows if row["receivers"] == receivers), None)
 
 
 def ratios(servers: dict) -> list[dict]:
@@ -101,7 +93,7 @@ def ratios(servers: dict) -> list[dict]:
     return out
 
 
-def targets(servers: dict, sizes) -> list[dict]:
+def targets(servers: dict) -> list[dict]:
     """One pass/miss line per target of the issue, from the numbers."""
     lines: list[dict] = []
 
@@ -193,8 +185,7 @@ def write(out_dir: Path, result: dict) -> None:
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown(result))
     latest = out_dir.parent / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
+    latest.unlink(missing_ok=True)
     latest.symlink_to(out_dir.name)
 
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.bench import worker as worker_module
@@ -111,9 +111,6 @@ class Pool:
             self.send(i, name, **{**kwargs, **(per_worker[i] if per_worker else {})})
         return [self.recv(i) for i in range(len(self))]
 
-    def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs)
-
     def close(self) -> None:
         for i, proc in enumerate(self.procs):
             if proc.is_alive():
@@ -141,7 +138,6 @@ class Runner:
     server_cpu: int | None
     profile: bool = False  # py-spy the server during each fan-out measurement
     perf: bool = False  # perf record -g the server during each fixed-rate measurement
-    notes: list[str] = field(default_factory=list)
 
     def start(self, spec: Spec, scenario: str, extra: tuple[str, ...] = ()) -> Running:
         """Start ``spec`` pinned to the server CPU, its output in ``logs/<name>-<scenario>.log``."""
