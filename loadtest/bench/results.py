@@ -46,11 +46,6 @@ def context() -> dict:
     }
 
 
-def _at_probe(cap: dict) -> str:
-    probe = cap["at_probe"]
-    return f"{probe.get('rss_kib_per_connection')} KiB at {probe['connections']}"
-
-
 def median_run(runs: list[dict], key: str) -> dict:
     """The run with the median ``key`` (the lower middle one for an even count; None
     ranks as 0), with every run's ``key`` in ``rounds``, in the order they ran."""
@@ -97,11 +92,21 @@ def targets(servers: dict) -> list[dict]:
     """One pass/miss line per target of the issue, from the numbers."""
     lines: list[dict] = []
 
-    def add(target: str, value, limit: str, ok: bool | None, detail: str = "") -> None:
+    def add(target: str, value, limit: str, ok: bool, detail: str = "") -> None:
         lines.append({
             "target": target, "value": value, "limit": limit,
-            "status": "n/a" if ok is None else ("pass" if ok else "miss"), "detail": detail,
+            "status": "pass" if ok else "miss", "detail": detail,
         })  # fmt: skip
+
+    def memory(who: str, cap: dict, limit: float) -> None:
+        kib, probe = cap["at_max"].get("rss_kib_per_connection"), cap["at_probe"]
+        add(
+            f"{who}: resident memory per idle connection (at max)",
+            kib,
+            f"<= {limit} KiB",
+            kib is not None and kib <= limit,
+            f"{probe.get('rss_kib_per_connection')} KiB at {probe['connections']}",
+        )
 
     for ratio in ratios(servers):
         if ratio["server"] == "async-asyncio":
@@ -128,14 +133,7 @@ def targets(servers: dict) -> list[dict]:
 
     cap = servers.get("async-uvloop", {}).get("capacity")
     if cap:
-        kib = cap["at_max"].get("rss_kib_per_connection")
-        add(
-            "async: resident memory per idle connection (at max)",
-            kib,
-            f"<= {ASYNC_KIB} KiB",
-            kib is not None and kib <= ASYNC_KIB,
-            _at_probe(cap),
-        )
+        memory("async", cap, ASYNC_KIB)
         add(
             f"async: {cap['cap']} concurrent connections held",
             cap["held"],
@@ -157,14 +155,7 @@ def targets(servers: dict) -> list[dict]:
                 worst is not None and worst <= PER_CONNECTION,
                 f"{values[0]} / {values[1]}",
             )
-        kib = cap["at_max"].get("rss_kib_per_connection")
-        add(
-            "threaded: resident memory per idle connection (at max)",
-            kib,
-            f"<= {THREADED_KIB} KiB",
-            kib is not None and kib <= THREADED_KIB,
-            _at_probe(cap),
-        )
+        memory("threaded", cap, THREADED_KIB)
         wanted = min(THREADED_HELD, cap["cap"])
         add(
             "threaded: connections held without dying (fd limit)",
