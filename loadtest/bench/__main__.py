@@ -103,12 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 cap = _guarded(result, "capacity", runner.capacity, spec)
                 if cap is not None:
                     entry["capacity"] = cap
-                    _progress(
-                        spec.name,
-                        "capacity",
-                        cap["held"],
-                        f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn",
-                    )
+                    kib = cap["at_max"].get("rss_kib_per_connection")
+                    _progress(spec.name, "capacity", cap["held"], f"held, {kib} KiB/conn")
     finally:
         pool.close()
     result["elapsed_seconds"] = round(time.monotonic() - started, 1)

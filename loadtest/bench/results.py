@@ -209,8 +209,7 @@ def markdown(result: dict) -> str:
                 f"| {row['deliveries_per_s']:,.0f} | {'' if x is None else f'{x:.2f}'} "
                 f"| {' / '.join(f'{n / 1000:,.0f}k' for n in row.get('rounds', []))} "
                 f"| {row['server_cpu_s_per_1m_deliveries']} | {row['server_cpu_util']:.0%} "
-                f"| {row['client_cpu_util']:.0%}{' SATURATED' if row['client_saturated'] else ''} "
-                f"| {row['lost_connections']} |"
+                f"| {_client_cpu(row, '.0%')} | {row['lost_connections']} |"
             )
     out += _fixed_rate_section(result)
     out += [
@@ -252,9 +251,7 @@ def markdown(result: dict) -> str:
             continue
         out.append(
             f"| {name} | {hs['handshakes_per_s']:,.0f} | {hs['server_cpu_ms_per_handshake']} "
-            f"| {hs['server_cpu_util']:.0%} "
-            f"| {hs['client_cpu_util']:.0%}{' SATURATED' if hs['client_saturated'] else ''} "
-            f"| {hs['failed']} |"
+            f"| {hs['server_cpu_util']:.0%} | {_client_cpu(hs, '.0%')} | {hs['failed']} |"
         )
     out += ["", "## Targets (issues 8 and 13)", ""]
     for line in result["targets"]:
@@ -305,12 +302,16 @@ def _fixed_rate_section(result: dict) -> list[str]:
             f"| {' / '.join(str(r) for r in row.get('x_bare_per_round', []))} "
             f"| {row['deliveries_per_s']:,.0f} | {row['achieved']:.1%} "
             f"| {'' if count is None else count} | {row['server_cpu_util']:.1%} "
-            f"| {row['client_cpu_util']:.1%}{' SATURATED' if row['client_saturated'] else ''} "
+            f"| {_client_cpu(row, '.1%')} "
             f"| {row['client_us_per_delivery']} | {row.get('client_wakeups_per_s', '')} "
-            f"| {row['max_send_lag_ms']} "
-            f"| {row['lost_connections']} | {_other_load(row)} |"
+            f"| {row['max_send_lag_ms']} | {row['lost_connections']} | {_other_load(row)} |"
         )
     return out
+
+
+def _client_cpu(row: dict, spec: str) -> str:
+    """The load client's CPU use, formatted by ``spec``, marked when it was the bottleneck."""
+    return f"{row['client_cpu_util']:{spec}}{' SATURATED' if row['client_saturated'] else ''}"
 
 
 def _other_load(row: dict) -> str:
