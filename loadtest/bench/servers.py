@@ -104,7 +104,6 @@ def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def cpu_seconds(pid: int) -> float:
