@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "size": args.size,
-        "machine": results.machine(),
-        "versions": results.versions(),
+        **results.context(),
         "pinning": (
             f"server on CPU {server_cpu} (taskset -c {server_cpu}), load client "
             f"({sizes.workers} uvloop processes) and coordinator on CPU {client_cpu}"
@@ -77,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             else "not pinned (fewer than 2 CPUs, or no taskset)"
         ),
         "throughput_args": list(UNLIMITED),
-        "config": {k: v for k, v in vars(sizes).items()},
-        "servers": {},
+        "config": dataclasses.asdict(sizes),
+        "servers": {
+            spec.name: {"model": spec.model, "protocol": "twinchat v1" if spec.chat else "bare"}
+            for spec in specs
+        },
         "notes": [],
         "errors": [],
     }
@@ -86,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     pool = Pool(sizes.workers, client_cpu, sizes.reply_timeout)
     runner = Runner(pool, sizes, logs, server_cpu, profile=args.profile, perf=args.perf)
     try:
-        for spec in specs:
-            entry: dict = {"model": spec.model, "protocol": "twinchat v1" if spec.chat else "bare"}
-            result["servers"][spec.name] = entry
         if "fanout" in scenarios:
             _fanout_rounds(result, runner, specs, sizes)
         if "fixed-rate" in scenarios:
@@ -104,26 +103,19 @@ def main(argv: list[str] | None = None) -> int:
                 cap = _guarded(result, "capacity", runner.capacity, spec)
                 if cap is not None:
                     entry["capacity"] = cap
-                    _progress(
-                        spec.name,
-                        "capacity",
-                        cap["held"],
-                        f"held, {cap['at_max'].get('rss_kib_per_connection')} KiB/conn",
-                    )
+                    kib = cap["at_max"].get("rss_kib_per_connection")
+                    _progress(spec.name, "capacity", cap["held"], f"held, {kib} KiB/conn")
     finally:
         pool.close()
     result["elapsed_seconds"] = round(time.monotonic() - started, 1)
     result["ratios"] = results.ratios(result["servers"])
-    result["targets"] = results.targets(result["servers"], sizes)
-    for server in result["servers"].values():
-        for row in server.get("fanout", []):
-            if row["client_saturated"]:
-                result["notes"].append(
-                    "the load client was saturated in at least one fan-out run: "
-                    "those deliveries/s are a lower bound"
-                )
-                break
-    result["notes"] = sorted(set(result["notes"]))
+    result["targets"] = results.targets(result["servers"])
+    fanout = [row for server in result["servers"].values() for row in server.get("fanout", [])]
+    if any(row["client_saturated"] for row in fanout):
+        result["notes"].append(
+            "the load client was saturated in at least one fan-out run: "
+            "those deliveries/s are a lower bound"
+        )
     result["notes"] += [f"error: {e}" for e in result["errors"]]
     results.write(out_dir, result)
     print((out_dir / "results.md").read_text())
@@ -155,7 +147,7 @@ def _fanout_rounds(result: dict, runner: Runner, specs: list, sizes) -> None:
                 )  # fmt: skip
     for spec in specs:
         rows = [
-            results.median_run(runs[spec.name, receivers])
+            results.median_run(runs[spec.name, receivers], "deliveries_per_s")
             for receivers in sizes.receivers
             if (spec.name, receivers) in runs
         ]
@@ -192,12 +184,11 @@ def _fixed_rate_rounds(result: dict, runner: Runner, specs: list, sizes) -> None
 
 def _guarded(result: dict, what: str, scenario, spec, *args):
     """Run one scenario; on failure note it in the report and go on with the next."""
-    server = spec.name
     try:
         return scenario(spec, *args)
     except Exception as exc:
-        result["errors"].append(f"{server} {what}: {type(exc).__name__}: {str(exc)[:300]}")
-        _progress(server, what, "FAILED", str(exc)[:200])
+        result["errors"].append(f"{spec.name} {what}: {type(exc).__name__}: {str(exc)[:300]}")
+        _progress(spec.name, what, "FAILED", str(exc)[:200])
         return None
 
 

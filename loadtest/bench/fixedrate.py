@@ -33,17 +33,12 @@ import statistics
 import subprocess
 import time
 
-from loadtest.bench.scenarios import HOST, SATURATED, Runner, Sizes, sleep_until, split
-from loadtest.bench.servers import CpuReading, Spec
+from loadtest.bench.results import median_run
+from loadtest.bench.scenarios import SATURATED, Runner, Sizes, sleep_until, split, stop_profiler
+from loadtest.bench.servers import BARE_OF, CpuReading, Spec
 
 DELIVERED = "chat_messages_delivered_total"
 SCRAPE_LEAD = 0.2  # s between reading the server's count and the start of the CPU window
-# Each twinchat server against the bare reference of its model.
-BARE_OF = {
-    "threaded": "bare-threaded",
-    "async-uvloop": "bare-asyncio",
-    "async-asyncio": "bare-asyncio",
-}
 
 
 def run(runner: Runner, spec: Spec, label: str) -> dict:
@@ -54,25 +49,13 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
     # twinchat's servers run with their defaults: 5 says/s is within the per-client limit.
     server = runner.start(spec, f"fixed-rate-{label}")
     try:
-        per_receivers = split(members - senders, len(pool))
-        per_senders = split(senders, len(pool))
-        setup = pool.all(
-            "fanout_setup",
-            [{"receivers": r, "senders": s, "worker": i}
-             for i, (r, s) in enumerate(zip(per_receivers, per_senders, strict=True))],
-            host=HOST, port=server.port, chat=spec.chat, room="bench",
-            text_len=sizes.text_len, window=0,
-        )  # fmt: skip
-        connected = sum(r["connected"] for r in setup)
-        if connected < members:
-            errors = [e for r in setup for e in r["errors"]]
-            raise RuntimeError(f"{spec.name}: only {connected} members connected: {errors}")
+        runner.join_room(spec, server.port, members - senders, senders, window=0)
         start_at = time.monotonic() + 0.3
         measure_at = start_at + sizes.rate_warmup
         end_at = measure_at + sizes.rate_duration
         phases = [k / (senders * rate) for k in range(senders)]  # spread over one period
         first = 0
-        for i, count in enumerate(per_senders):
+        for i, count in enumerate(split(senders, len(pool))):
             pool.send(
                 i, "rate_run", start=start_at, measure=measure_at, end=end_at, rate=rate,
                 offsets=phases[first : first + count],
@@ -88,38 +71,27 @@ def run(runner: Runner, spec: Spec, label: str) -> dict:
         sleep_until(end_at)
         after = CpuReading.now(server.pid)
         counted1 = server.counter(DELIVERED), time.monotonic()
-        if perf is not None:
-            _finish(perf)
+        stop_profiler(perf)
         runs = [pool.recv(i) for i in range(len(pool))]
         pool.all("close_all")
         alive = server.alive()
     finally:
         server.stop()
-    seconds, server_cpu = after.t - before.t, after.exact - before.exact
-    threads, counted = (before.threads, after.threads), (counted0, counted1)
-    row = _row(spec, sizes, connected, runs, seconds, server_cpu, threads, counted, alive)
-    row["server_cpu_seconds_proc_stat"] = round(after.ticks - before.ticks, 3)  # comparison
-    # What else ran: the machine's busy CPUs less the server and the load client (the
-    # coordinator's share is small), and the time the hypervisor gave to other guests.
-    busy, steal = (b - a for a, b in zip(before.machine, after.machine, strict=True))
-    client_cpu = row["client_cpu_util"] * row["seconds"]
-    row["others_cpu_util"] = round(max(0.0, busy - server_cpu - client_cpu) / seconds, 3)
-    row["steal_util"] = round(steal / seconds, 3)
-    return row
+    return _row(spec, sizes, runs, before, after, (counted0, counted1), alive)
 
 
 def _row(
     spec: Spec,
     sizes: Sizes,
-    members: int,
     runs: list[dict],
-    seconds: float,
-    server_cpu: float,
-    threads: tuple[int, int],
+    before: CpuReading,
+    after: CpuReading,
     counted: tuple[tuple[float | None, float], tuple[float | None, float]],
     alive: bool,
 ) -> dict:
     """The figures of one measurement, from the workers' replies and the server's readings."""
+    members = sizes.rate_members
+    seconds, server_cpu = after.t - before.t, after.exact - before.exact
     deliveries = sum(r["frames"] for r in runs)
     client_cpu = sum(r["cpu_seconds"] for r in runs)
     client_seconds = max(r["seconds"] for r in runs)
@@ -140,7 +112,7 @@ def _row(
         "server_cpu_seconds": round(server_cpu, 4),
         "server_us_per_delivery": round(server_cpu / deliveries * 1e6, 3) if deliveries else None,
         "server_cpu_util": round(server_cpu / seconds, 3),
-        "server_threads": list(threads),
+        "server_threads": [before.threads, after.threads],
         "client_cpu_util": round(client_cpu / client_seconds, 3),
         "client_us_per_delivery": round(client_cpu / deliveries * 1e6, 3) if deliveries else None,
         "client_saturated": client_cpu / client_seconds > SATURATED,
@@ -149,14 +121,21 @@ def _row(
         "lost_connections": sum(r["lost_connections"] for r in runs),
         "server_alive": alive,
     }
-    (before, at0), (after, at1) = counted
-    if spec.chat and before is not None and after is not None:
+    (count0, at0), (count1, at1) = counted
+    if spec.chat and count0 is not None and count1 is not None:
         # Rates, since the two counts cover windows a scrape apart.
-        server_rate = (after - before) / (at1 - at0)
+        server_rate = (count1 - count0) / (at1 - at0)
         row["server_counted_deliveries_per_s"] = round(server_rate, 1)
         row["server_count_vs_received"] = (
             round(server_rate / row["deliveries_per_s"], 4) if deliveries else None
         )
+    row["server_cpu_seconds_proc_stat"] = round(after.ticks - before.ticks, 3)  # comparison
+    # What else ran: the machine's busy CPUs less the server and the load client (the
+    # coordinator's share is small), and the time the hypervisor gave to other guests.
+    busy, steal = (b - a for a, b in zip(before.machine, after.machine, strict=True))
+    client_cpu = row["client_cpu_util"] * row["seconds"]
+    row["others_cpu_util"] = round(max(0.0, busy - server_cpu - client_cpu) / seconds, 3)
+    row["steal_util"] = round(steal / seconds, 3)
     return row
 
 
@@ -165,11 +144,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     and for twinchat's servers the per-round ratio to their bare reference."""
     out: dict[str, dict] = {}
     for name, rows in runs.items():
-        ranked = sorted(rows, key=lambda row: row["server_us_per_delivery"] or 0.0)
-        median = dict(ranked[(len(ranked) - 1) // 2])
-        median["rounds"] = [row["server_us_per_delivery"] for row in rows]
-        median["runs"] = rows  # every round's figures, in the order they ran
-        out[name] = median
+        out[name] = median_run(rows, "server_us_per_delivery")
+        out[name]["runs"] = rows  # every round's figures, in the order they ran
     for name, bare in BARE_OF.items():
         mine, theirs = runs.get(name), runs.get(bare)
         if not mine or not theirs:
@@ -197,12 +173,3 @@ def _perf(runner: Runner, pid: int, name: str) -> subprocess.Popen | None:
          "--", "sleep", str(runner.sizes.rate_duration)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-
-
-def _finish(perf: subprocess.Popen) -> None:
-    """Wait for ``perf record`` to write its file (bounded), then make sure it is gone."""
-    try:
-        perf.wait(60)
-    except subprocess.TimeoutExpired:
-        perf.kill()
-        perf.wait()

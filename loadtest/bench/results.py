@@ -8,13 +8,9 @@ import statistics
 from pathlib import Path
 
 from loadtest import machine as shared_machine
+from loadtest.bench.servers import BARE_OF
 from loadtest.serverproc import PROJECT_ROOT
 
-BARE_OF = {
-    "threaded": "bare-threaded",
-    "async-uvloop": "bare-asyncio",
-    "async-asyncio": "bare-asyncio",
-}
 MIN_RATIO = 0.8
 ASYNC_KIB = 16.0
 THREADED_KIB = 64.0
@@ -23,54 +19,45 @@ THREADED_HELD = 19_000
 FIXED_RATE_MAX_RATIO = 1.25  # issue 13: threaded CPU per delivery at a moderate load
 
 
-def machine() -> dict:
-    """Where the run happened: CPU, memory, kernel, limits and load."""
-    about = shared_machine.describe(None, PROJECT_ROOT)
-    return {
-        "hostname": about["hostname"],
-        "cpu_model": about["cpu_model"],
-        "cpus": about["cpus"],
-        "memory_gib": round(about["memory_bytes"] / 2**30, 1),
-        "kernel": about["kernel"],
-        "os": about["distribution"] or about["os"],
-        "fd_limit": about["fd_limit"]["soft"],
-        "loadavg_at_start": [f"{x:.2f}" for x in about["load_average_at_start"] or ()],
-    }
-
-
-def versions() -> dict:
-    """Python, the packages the servers run on, and the commit of this checkout."""
+def context() -> dict:
+    """Where the run happened (``machine``: CPU, memory, kernel, limits and load) and on
+    what (``versions``: Python, the packages the servers run on, this checkout's commit)."""
     about = shared_machine.describe(None, PROJECT_ROOT)
     packages = about["packages"]
     return {
-        "python": platform.python_version(),
-        **{
-            name: packages.get(name)
-            for name in ("websockets", "uvloop", "orjson", "prometheus-client")
+        "machine": {
+            "hostname": about["hostname"],
+            "cpu_model": about["cpu_model"],
+            "cpus": about["cpus"],
+            "memory_gib": round(about["memory_bytes"] / 2**30, 1),
+            "kernel": about["kernel"],
+            "os": about["distribution"] or about["os"],
+            "fd_limit": about["fd_limit"]["soft"],
+            "loadavg_at_start": [f"{x:.2f}" for x in about["load_average_at_start"] or ()],
         },
-        "twinchat_commit": about["git_commit"],
+        "versions": {
+            "python": platform.python_version(),
+            **{
+                name: packages.get(name)
+                for name in ("websockets", "uvloop", "orjson", "prometheus-client")
+            },
+            "twinchat_commit": about["git_commit"],
+        },
     }
 
 
-def _at_probe(cap: dict) -> str:
-    probe = cap["at_probe"]
-    return f"{probe.get('rss_kib_per_connection')} KiB at {probe['connections']}"
-
-
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median deliveries/s (the lower middle one for an even count),
-    with every run's deliveries/s in ``rounds``, in the order they ran."""
-    ranked = sorted(runs, key=lambda row: row["deliveries_per_s"])
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median ``key`` (the lower middle one for an even count; None
+    ranks as 0), with every run's ``key`` in ``rounds``, in the order they ran."""
+    ranked = sorted(runs, key=lambda row: row[key] or 0.0)
     row = dict(ranked[(len(ranked) - 1) // 2])
-    row["rounds"] = [run["deliveries_per_s"] for run in runs]
+    row["rounds"] = [run[key] for run in runs]
     return row
 
 
 def _row(servers: dict, name: str, receivers: int) -> dict | None:
-    for row in servers.get(name, {}).get("fanout", []):
-        if row["receivers"] == receivers:
-            return row
-    return None
+    rows = servers.get(name, {}).get("fanout", [])
+    return next((row for row in rows if row["receivers"] == receivers), None)
 
 
 def ratios(servers: dict) -> list[dict]:
@@ -101,15 +88,25 @@ def ratios(servers: dict) -> list[dict]:
     return out
 
 
-def targets(servers: dict, sizes) -> list[dict]:
+def targets(servers: dict) -> list[dict]:
     """One pass/miss line per target of the issue, from the numbers."""
     lines: list[dict] = []
 
-    def add(target: str, value, limit: str, ok: bool | None, detail: str = "") -> None:
+    def add(target: str, value, limit: str, ok: bool, detail: str = "") -> None:
         lines.append({
             "target": target, "value": value, "limit": limit,
-            "status": "n/a" if ok is None else ("pass" if ok else "miss"), "detail": detail,
+            "status": "pass" if ok else "miss", "detail": detail,
         })  # fmt: skip
+
+    def memory(who: str, cap: dict, limit: float) -> None:
+        kib, probe = cap["at_max"].get("rss_kib_per_connection"), cap["at_probe"]
+        add(
+            f"{who}: resident memory per idle connection (at max)",
+            kib,
+            f"<= {limit} KiB",
+            kib is not None and kib <= limit,
+            f"{probe.get('rss_kib_per_connection')} KiB at {probe['connections']}",
+        )
 
     for ratio in ratios(servers):
         if ratio["server"] == "async-asyncio":
@@ -136,14 +133,7 @@ def targets(servers: dict, sizes) -> list[dict]:
 
     cap = servers.get("async-uvloop", {}).get("capacity")
     if cap:
-        kib = cap["at_max"].get("rss_kib_per_connection")
-        add(
-            "async: resident memory per idle connection (at max)",
-            kib,
-            f"<= {ASYNC_KIB} KiB",
-            kib is not None and kib <= ASYNC_KIB,
-            _at_probe(cap),
-        )
+        memory("async", cap, ASYNC_KIB)
         add(
             f"async: {cap['cap']} concurrent connections held",
             cap["held"],
@@ -165,14 +155,7 @@ def targets(servers: dict, sizes) -> list[dict]:
                 worst is not None and worst <= PER_CONNECTION,
                 f"{values[0]} / {values[1]}",
             )
-        kib = cap["at_max"].get("rss_kib_per_connection")
-        add(
-            "threaded: resident memory per idle connection (at max)",
-            kib,
-            f"<= {THREADED_KIB} KiB",
-            kib is not None and kib <= THREADED_KIB,
-            _at_probe(cap),
-        )
+        memory("threaded", cap, THREADED_KIB)
         wanted = min(THREADED_HELD, cap["cap"])
         add(
             "threaded: connections held without dying (fd limit)",
@@ -193,8 +176,7 @@ def write(out_dir: Path, result: dict) -> None:
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown(result))
     latest = out_dir.parent / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
+    latest.unlink(missing_ok=True)
     latest.symlink_to(out_dir.name)
 
 
@@ -227,8 +209,7 @@ def markdown(result: dict) -> str:
                 f"| {row['deliveries_per_s']:,.0f} | {'' if x is None else f'{x:.2f}'} "
                 f"| {' / '.join(f'{n / 1000:,.0f}k' for n in row.get('rounds', []))} "
                 f"| {row['server_cpu_s_per_1m_deliveries']} | {row['server_cpu_util']:.0%} "
-                f"| {row['client_cpu_util']:.0%}{' SATURATED' if row['client_saturated'] else ''} "
-                f"| {row['lost_connections']} |"
+                f"| {_client_cpu(row, '.0%')} | {row['lost_connections']} |"
             )
     out += _fixed_rate_section(result)
     out += [
@@ -270,9 +251,7 @@ def markdown(result: dict) -> str:
             continue
         out.append(
             f"| {name} | {hs['handshakes_per_s']:,.0f} | {hs['server_cpu_ms_per_handshake']} "
-            f"| {hs['server_cpu_util']:.0%} "
-            f"| {hs['client_cpu_util']:.0%}{' SATURATED' if hs['client_saturated'] else ''} "
-            f"| {hs['failed']} |"
+            f"| {hs['server_cpu_util']:.0%} | {_client_cpu(hs, '.0%')} | {hs['failed']} |"
         )
     out += ["", "## Targets (issues 8 and 13)", ""]
     for line in result["targets"]:
@@ -323,12 +302,16 @@ def _fixed_rate_section(result: dict) -> list[str]:
             f"| {' / '.join(str(r) for r in row.get('x_bare_per_round', []))} "
             f"| {row['deliveries_per_s']:,.0f} | {row['achieved']:.1%} "
             f"| {'' if count is None else count} | {row['server_cpu_util']:.1%} "
-            f"| {row['client_cpu_util']:.1%}{' SATURATED' if row['client_saturated'] else ''} "
+            f"| {_client_cpu(row, '.1%')} "
             f"| {row['client_us_per_delivery']} | {row.get('client_wakeups_per_s', '')} "
-            f"| {row['max_send_lag_ms']} "
-            f"| {row['lost_connections']} | {_other_load(row)} |"
+            f"| {row['max_send_lag_ms']} | {row['lost_connections']} | {_other_load(row)} |"
         )
     return out
+
+
+def _client_cpu(row: dict, spec: str) -> str:
+    """The load client's CPU use, formatted by ``spec``, marked when it was the bottleneck."""
+    return f"{row['client_cpu_util']:{spec}}{' SATURATED' if row['client_saturated'] else ''}"
 
 
 def _other_load(row: dict) -> str:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.bench import worker as worker_module
@@ -111,9 +111,6 @@ class Pool:
             self.send(i, name, **{**kwargs, **(per_worker[i] if per_worker else {})})
         return [self.recv(i) for i in range(len(self))]
 
-    def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs)
-
     def close(self) -> None:
         for i, proc in enumerate(self.procs):
             if proc.is_alive():
@@ -141,12 +138,31 @@ class Runner:
     server_cpu: int | None
     profile: bool = False  # py-spy the server during each fan-out measurement
     perf: bool = False  # perf record -g the server during each fixed-rate measurement
-    notes: list[str] = field(default_factory=list)
 
     def start(self, spec: Spec, scenario: str, extra: tuple[str, ...] = ()) -> Running:
         """Start ``spec`` pinned to the server CPU, its output in ``logs/<name>-<scenario>.log``."""
         log = self.logs / f"{spec.name}-{scenario}.log"
         return start_spec(spec, extra, self.server_cpu, log)
+
+    def join_room(
+        self, spec: Spec, port: int, receivers: int, senders: int, window: int
+    ) -> list[dict]:
+        """Connect ``receivers`` and ``senders`` to one room, shared among the workers (each
+        sender keeps ``window`` says in flight in ``fanout_run``); the workers' replies.
+        Raise unless every member connected."""
+        pool = self.pool
+        shares = zip(split(receivers, len(pool)), split(senders, len(pool)), strict=True)
+        setup = pool.all(
+            "fanout_setup",
+            [{"receivers": r, "senders": s, "worker": i} for i, (r, s) in enumerate(shares)],
+            host=HOST, port=port, chat=spec.chat, room="bench",
+            text_len=self.sizes.text_len, window=window,
+        )  # fmt: skip
+        connected = sum(r["connected"] for r in setup)
+        if connected < receivers + senders:
+            errors = [e for r in setup for e in r["errors"]]
+            raise RuntimeError(f"{spec.name}: only {connected} members connected: {errors}")
+        return setup
 
     # Fan-out
 
@@ -155,19 +171,7 @@ class Runner:
         pool.all("close_all")  # nothing left over from a scenario that failed
         server = self.start(spec, f"fanout-{receivers}", UNLIMITED if spec.chat else ())
         try:
-            per_receivers = split(receivers, len(pool))
-            per_senders = split(sizes.senders, len(pool))
-            setup = pool.all(
-                "fanout_setup",
-                [{"receivers": r, "senders": s, "worker": i}
-                 for i, (r, s) in enumerate(zip(per_receivers, per_senders, strict=True))],
-                host=HOST, port=server.port, chat=spec.chat, room="bench",
-                text_len=sizes.text_len, window=sizes.window,
-            )  # fmt: skip
-            connected = sum(r["connected"] for r in setup)
-            if connected < receivers + sizes.senders:
-                errors = [e for r in setup for e in r["errors"]]
-                raise RuntimeError(f"{spec.name}: only {connected} members connected: {errors}")
+            setup = self.join_room(spec, server.port, receivers, sizes.senders, sizes.window)
             start_at = time.monotonic() + 0.3
             measure_at = start_at + sizes.warmup
             end_at = measure_at + sizes.duration
@@ -180,8 +184,7 @@ class Runner:
             before = CpuReading.now(server.pid)
             sleep_until(end_at)
             after = CpuReading.now(server.pid)
-            if spy is not None:
-                _finish_py_spy(spy)
+            stop_profiler(spy, interrupt_after=10)
             runs = [pool.recv(i) for i in range(len(pool))]
             pool.all("close_all")
             alive = server.alive()
@@ -194,7 +197,7 @@ class Runner:
         return {
             "receivers": receivers,
             "senders": sizes.senders,
-            "members": connected,
+            "members": receivers + sizes.senders,  # join_room checked they all connected
             "setup_retries": sum(r["retries"] for r in setup),
             "window_per_sender": sizes.window,
             "seconds": round(seconds, 3),
@@ -325,17 +328,24 @@ def _per_connection(base: dict, now: dict | None, held: int) -> dict:
     return out
 
 
-def _finish_py_spy(spy: subprocess.Popen) -> None:
-    """py-spy falls behind on a process with thousands of threads: stop it, keep what it has."""
-    try:
-        spy.wait(10)
-    except subprocess.TimeoutExpired:
-        spy.send_signal(signal.SIGINT)
+def stop_profiler(proc: subprocess.Popen | None, interrupt_after: float | None = None) -> None:
+    """Wait (bounded) for a profiler, if any, to write its file, then make sure it is gone.
+
+    py-spy falls behind on a process with thousands of threads: with ``interrupt_after``,
+    a profiler still running after that many seconds gets SIGINT, and keeps what it has.
+    """
+    if proc is None:
+        return
+    if interrupt_after is not None:
         try:
-            spy.wait(60)
+            proc.wait(interrupt_after)
         except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+            proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def sleep_until(instant: float) -> None:

@@ -36,6 +36,12 @@ SPECS = (
     Spec("bare-asyncio", "asyncio", False, "asyncio"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+# Each twinchat server against the bare reference of its model.
+BARE_OF = {
+    "threaded": "bare-threaded",
+    "async-uvloop": "bare-asyncio",
+    "async-asyncio": "bare-asyncio",
+}
 
 # Throughput runs measure fan-out, not the per-client rate limit (20/s, burst 40). While a
 # room of 5,000 is set up, the server is busy with presence messages for a minute: handshakes
@@ -43,14 +49,13 @@ SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 UNLIMITED = ("--rate", "100000", "--burst", "100000", "--open-timeout", "300")
 
 
+@dataclass
 class Running:
-    """A started server: ``port``, ``pid``, ``alive()``, ``stop()``."""
+    """A started server; ``owner``: twinchat's :class:`ServerProcess` (None for a reference)."""
 
-    def __init__(self, spec: Spec, port: int, proc: subprocess.Popen, owner=None) -> None:
-        self.spec = spec
-        self.port = port
-        self.proc = proc
-        self._owner: ServerProcess | None = owner
+    port: int
+    proc: subprocess.Popen
+    owner: ServerProcess | None = None
 
     @property
     def pid(self) -> int:
@@ -61,13 +66,11 @@ class Running:
 
     def counter(self, name: str) -> float | None:
         """The value of counter ``name`` on the server's /metrics (None for a bare reference)."""
-        if self._owner is None:
+        if self.owner is None:
             return None
-        return prom.parse(self._owner.metrics_text()).get(name)
+        return prom.parse(self.owner.metrics_text()).get(name)
 
-    def stop(self) -> int | None:
-        if self._owner is not None:
-            return self._owner.stop(timeout=10.0)
+    def stop(self) -> int:
         return stop_process(self.proc)
 
 
@@ -75,7 +78,7 @@ def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -
     """Start ``spec`` on free loopback ports, pinned to ``cpu``, and wait until it serves."""
     if spec.chat:
         server = start_server(spec.kind, *spec.args, *extra, cpu=cpu, log_path=log_path)
-        return Running(spec, server.port, server.proc, server)
+        return Running(server.port, server.proc, server)
     port = free_port()
     command = [sys.executable, "-m", "loadtest.bench.refs", spec.kind, "--port", str(port)]
     command = on_cpus(command, cpu)
@@ -90,7 +93,7 @@ def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -
             raise RuntimeError(f"{spec.name} exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return Running(spec, port, proc)
+            return Running(port, proc)
         except OSError:
             time.sleep(0.05)
     proc.kill()
@@ -101,7 +104,6 @@ def start(spec: Spec, extra: tuple[str, ...], cpu: int | None, log_path: Path) -
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -30,6 +30,7 @@ Commands (``(name, kwargs)``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import resource
 import time
@@ -143,43 +144,20 @@ class Worker:
         }
 
     async def fanout_run(self, start: float, measure: float, end: float) -> dict:
-        everyone = self.clients + self.senders
-        sending = True
-
-        def make_on_ack(client: CountingClient):
-            def on_ack() -> None:
-                if sending:
-                    client.send(client.say_frame)
-
-            return on_ack
-
         await _sleep_until(start)
         for sender in self.senders:
-            sender.on_ack = make_on_ack(sender)
+            # Each say that comes back sends the next one, until the window ends.
+            sender.on_ack = functools.partial(sender.send, sender.say_frame)
             for _ in range(self.window):
                 sender.send(sender.say_frame)
-        await _sleep_until(measure)
-        frames0 = sum(c.frames for c in everyone)
-        acks0 = sum(c.acks for c in self.senders)
-        cpu0, t0 = time.process_time(), time.monotonic()
-        await _sleep_until(end)
-        frames1 = sum(c.frames for c in everyone)
-        acks1 = sum(c.acks for c in self.senders)
-        cpu1, t1 = time.process_time(), time.monotonic()
-        sending = False
-        lost = sum(1 for c in everyone if not c.is_open)
-        return {
-            "frames": frames1 - frames0,
-            "acks": acks1 - acks0,
-            "seconds": t1 - t0,
-            "cpu_seconds": cpu1 - cpu0,
-            "lost_connections": lost,
-        }
+        counts = await self._count(measure, end)
+        for sender in self.senders:
+            sender.on_ack = None
+        return {**counts, "lost_connections": self._lost()}
 
     async def rate_run(
         self, start: float, measure: float, end: float, rate: float, offsets: list[float]
     ) -> dict:
-        everyone = self.clients + self.senders
         period = 1.0 / rate
         sent = [0] * len(self.senders)
         lag = [0.0]  # the latest a send happened after its scheduled instant, in the window
@@ -198,29 +176,36 @@ class Worker:
                 due += period  # a fixed schedule: a late send does not shift the next ones
 
         tasks = [asyncio.ensure_future(pace(i, c)) for i, c in enumerate(self.senders)]
-        await _sleep_until(measure)
-        frames0 = sum(c.frames for c in everyone)
-        acks0 = sum(c.acks for c in self.senders)
-        cpu0, t0 = time.process_time(), time.monotonic()
-        sleeps0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-        await _sleep_until(end)
-        frames1 = sum(c.frames for c in everyone)
-        acks1 = sum(c.acks for c in self.senders)
-        cpu1, t1 = time.process_time(), time.monotonic()
-        sleeps1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        counts = await self._count(measure, end)
         await asyncio.gather(*tasks)
         return {
+            **counts,
+            "says": sum(sent),
+            "max_send_lag": lag[0],
+            "lost_connections": self._lost(),
+        }
+
+    async def _count(self, measure: float, end: float) -> dict:
+        """Frames and acks received, CPU seconds and wake-ups, from ``measure`` to ``end``."""
+        await _sleep_until(measure)
+        before = self._totals()
+        await _sleep_until(end)
+        after = self._totals()
+        return {key: after[key] - before[key] for key in after}
+
+    def _totals(self) -> dict:
+        return {
+            "frames": sum(c.frames for c in self.clients + self.senders),
+            "acks": sum(c.acks for c in self.senders),
+            "cpu_seconds": time.process_time(),
+            "seconds": time.monotonic(),
             # Voluntary context switches: each time this process waited for data and was
             # woken up again, which the sender's CPU pays for on loopback.
-            "wakeups": sleeps1 - sleeps0,
-            "frames": frames1 - frames0,
-            "acks": acks1 - acks0,
-            "says": sum(sent),
-            "seconds": t1 - t0,
-            "cpu_seconds": cpu1 - cpu0,
-            "max_send_lag": lag[0],
-            "lost_connections": sum(1 for c in everyone if not c.is_open),
+            "wakeups": resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw,
         }
+
+    def _lost(self) -> int:
+        return sum(not c.is_open for c in self.clients + self.senders)
 
     # Capacity
 

@@ -77,7 +77,6 @@ class CountingClient(asyncio.Protocol):
         self.frames = 0
         self.acks = 0
         self.pongs = 0
-        self.close_received = False
         self._buffer = b""
         self._waiter: tuple[int, asyncio.Future[None]] | None = None
 
@@ -153,7 +152,6 @@ class CountingClient(asyncio.Protocol):
             elif opcode == 10:
                 self.pongs += 1
             elif opcode == 8:
-                self.close_received = True
                 self.send(CLOSE_FRAME)
             pos = end
         if pos < size:
