@@ -250,8 +250,7 @@ def _cpu_table(result: dict) -> str:
 
 
 def _shared_table(shared: dict) -> str:
-    keys = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",
-            "members_lost")  # fmt: skip
+    keys = sharedstate.BREAKAGES
     body = [
         [_e("yes" if r["locked"] else "no-op"), _e(f"{r['switch_interval'] * 1000:g}"),
          _e(r["says_sent"]), *(_e(r.get(k, "failed")) for k in keys)]

@@ -9,6 +9,7 @@ about the code, not a run's measurement.
 
 from __future__ import annotations
 
+from loadtest.claims import sharedstate
 from loadtest.compare import claims as compare_claims
 from loadtest.compare.claims import (
     LATENCY_FLOOR_MS,
@@ -228,9 +229,7 @@ def true_parallelism(result: dict | None) -> dict:
 def breakages(counts: dict | None) -> int | None:
     if not counts:
         return None
-    keys = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",
-            "members_lost")  # fmt: skip
-    return sum(counts.get(k) or 0 for k in keys)
+    return sum(counts.get(k) or 0 for k in sharedstate.BREAKAGES)
 
 
 def _experiment_text(shared: dict) -> str:
@@ -240,11 +239,10 @@ def _experiment_text(shared: dict) -> str:
         if "error" in run:
             parts.append(f"{label}: the experiment failed ({run['error'].strip()[-200:]})")
             continue
+        counts = ", ".join(f"{k.replace('_', ' ')} {run[k]}" for k in sharedstate.BREAKAGES)
         parts.append(
             f"{label} (switch interval {run['switch_interval'] * 1000:g} ms, {run['says_sent']} "
-            f"says): out of order {run['out_of_order']}, duplicate seq {run['duplicate_seq']}, "
-            f"seq gaps {run['seq_gaps']}, lost {run['lost']}, connections lost "
-            f"{run['connections_lost']}, members lost {run['members_lost']}"
+            f"says): {counts}"
         )
     return "; ".join(parts)
 
