@@ -77,8 +77,7 @@ def _by_variant(result: dict) -> dict[str, list[dict]]:
 
 
 def _base(points: list[dict]) -> float | None:
-    zero = next((p for p in points if p["delay_ms"] == 0), None)
-    return zero.get("probe_p99_ms") if zero else None
+    return next((p.get("probe_p99_ms") for p in points if p["delay_ms"] == 0), None)
 
 
 def _describe(points: list[dict]) -> str:
