@@ -116,13 +116,11 @@ def _checkpoint(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
-def _claims(summary: dict, compare_dir: Path | None) -> list[dict]:
-    compare = None
-    if compare_dir and (compare_dir / "summary.json").exists():
-        compare = json.loads((compare_dir / "summary.json").read_text())
-    name = compare_dir.resolve().name if compare else None
-    return report.table(summary.get("blocking"), summary.get("cpubound"), summary.get("shared"),
-                        summary["code"], compare, name)  # fmt: skip
+def _claims(summary: dict, compare_dir: Path) -> list[dict]:
+    path = compare_dir / "summary.json"
+    if not path.exists():
+        return report.table(summary, None, None)
+    return report.table(summary, json.loads(path.read_text()), compare_dir.resolve().name)
 
 
 def _options(out: Path, part: str, smoke: bool, quiet: bool) -> runner.RunOptions:

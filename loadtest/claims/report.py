@@ -25,36 +25,32 @@ from loadtest.compare.report import (  # the comparison report's parts
 )
 
 
-def table(
-    blocking_result: dict | None,
-    cpu_result: dict | None,
-    shared: dict | None,
-    code: dict,
-    compare: dict | None,
-    compare_dir: str | None,
-) -> list[dict]:
-    """Every claim: decided here where a scenario or code fact tests it (unless that part
-    was not run), else by ``compare``."""
+def table(summary: dict, compare: dict | None, compare_dir: str | None) -> list[dict]:
+    """Every claim: decided by ``summary`` where a scenario or code fact tests it (unless
+    that part was not run), else by ``compare`` (the summary.json of report ``compare_dir``)."""
+    blocking_result, cpu_result = summary.get("blocking"), summary.get("cpubound")
+    code = summary["code"]
     ours = {
         r["key"]: r
         for r in (
             verdicts.simplicity(code),
             verdicts.blocking_compatibility(blocking_result),
             verdicts.gil(cpu_result),
-            verdicts.shared_state_complexity(shared, code),
+            verdicts.shared_state_complexity(summary.get("shared"), code),
             verdicts.true_parallelism(cpu_result),
             verdicts.simpler_shared_state(code),
             verdicts.blocking_incompatibility(blocking_result),
             *verdicts.unmeasurable(),
         )
     }
+    compare = compare or {}
     theirs = {}
-    for index, row in enumerate((compare or {}).get("claims") or []):
+    for index, row in enumerate(compare.get("claims") or []):
         key = row.get("key") or compare_claims.CLAIM_KEYS[index]
         theirs[key] = {
             **row, "key": key,
             "tested_by": f"{compare_claims.CHAT_CLIMB}, report {compare_dir} "
-                         f"({(compare or {}).get('date', '?')})",
+                         f"({compare.get('date', '?')})",
         }  # fmt: skip
     rows = []
     for key in compare_claims.CLAIM_KEYS:
