@@ -104,9 +104,8 @@ def blocking_compatibility(result: dict | None) -> dict:
         return _row(key, claim, BLOCKING, measurement, rule, NOT_MEASURED, "not run")
     base = _base(points)
     ok = all(unaffected(p, base) for p in points)
-    measured = "threaded: " + _describe(points)
     return _row(key, claim, BLOCKING, measurement, rule, SUPPORTED if ok else NOT_SUPPORTED,
-                measured)  # fmt: skip
+                "threaded: " + _describe(points))  # fmt: skip
 
 
 def blocking_incompatibility(result: dict | None) -> dict:
@@ -146,12 +145,6 @@ def blocking_incompatibility(result: dict | None) -> dict:
 # -- CPU-bound work -----------------------------------------------------------------------
 
 
-def _busiest_cpu(points: list[dict]) -> dict | None:
-    """The step that used the most CPU among those offered more than one core of work."""
-    loaded = [p for p in points if p["demand_cores"] > ONE_CORE and p["cpu_cores_exact"]]
-    return max(loaded, key=lambda p: p["cpu_cores_exact"], default=None)
-
-
 def _cpu_text(kind: str, points: list[dict]) -> str:
     return f"{kind}: " + ", ".join(
         f"{p['says_per_s_offered']:.0f} says/s offered ({p['demand_cores']:.1f} cores of work): "
@@ -164,7 +157,9 @@ def _cpu_text(kind: str, points: list[dict]) -> str:
 
 def _one_core_verdict(points: list[dict]) -> tuple[str, str]:
     """(verdict on "stuck at one core", what was seen): the shared rule of both CPU claims."""
-    top = _busiest_cpu(points)
+    # The step that used the most CPU among those offered more than one core of work:
+    loaded = [p for p in points if p["demand_cores"] > ONE_CORE and p["cpu_cores_exact"]]
+    top = max(loaded, key=lambda p: p["cpu_cores_exact"], default=None)
     if top is None:
         return NOT_MEASURED, "no step offered more than one core of work"
     cores, machine = top["cpu_cores_exact"], top["machine_cpu_mean"]
