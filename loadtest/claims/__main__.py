@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["date"] = summary["machine"]["date"]
     if "shared" in parts:
         summary["shared"] = {"runs": [_shared(locked, si) for locked, si in SHARED_RUNS]}
-        _checkpoint(out, summary)
+        report.write_summary(out, summary)
     if "blocking" in parts:
         options = _options(out, "blocking", smoke, args.quiet)
         summary["blocking"] = blocking.run(
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             users=SMOKE["users"] if smoke else blocking.USERS,
             delays_ms=SMOKE["delays"] if smoke else blocking.DELAYS_MS,
         )
-        _checkpoint(out, summary)
+        report.write_summary(out, summary)
     if "cpu" in parts:
         options = _options(out, "cpu", smoke, args.quiet)
         summary["cpubound"] = cpubound.run(
@@ -108,12 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[claims] done in {summary['seconds']} s: {out / 'report.html'}")
         print(report.claims_markdown(summary["claims"]))
     return 0
-
-
-def _checkpoint(out: Path, summary: dict) -> None:
-    """Write what the run has so far, so that a failure later loses no measurement
-    (``--render`` finishes the report from it)."""
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
 def _claims(summary: dict, compare_dir: Path) -> list[dict]:

@@ -68,18 +68,23 @@ def table(summary: dict, compare: dict | None, compare_dir: str | None) -> list[
     return rows
 
 
-def write(out: Path, summary: dict) -> dict:
-    """Draw the plots, write summary.json, claims.md and report.html; return the summary."""
+def write_summary(out: Path, summary: dict) -> None:
+    """summary.json: what the run has so far (a run writes it after each part, so that a
+    failure later loses no measurement; ``--render`` finishes the report from it)."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+
+def write(out: Path, summary: dict) -> None:
+    """Draw the plots, write summary.json, claims.md and report.html."""
     titles = {}
     for part, draw in (("blocking", plots.blocking), ("cpubound", plots.cpubound)):
         if summary.get(part):
             draw(summary[part], out / f"{part}.png")
             titles[f"{part}.png"] = plots.PLOTS[f"{part}.png"]
     summary["plots"] = titles
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_summary(out, summary)
     (out / "claims.md").write_text(claims_markdown(summary["claims"]) + "\n")
     (out / "report.html").write_text(render_html(summary, out))
-    return summary
 
 
 # -- HTML -------------------------------------------------------------------------------
