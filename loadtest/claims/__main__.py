@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["date"] = summary["machine"]["date"]
     if "shared" in parts:
         summary["shared"] = {"runs": [_shared(locked, si) for locked, si in SHARED_RUNS]}
-        _checkpoint(out, summary)
+        report.write_summary(out, summary)
     if "blocking" in parts:
         options = _options(out, "blocking", smoke, args.quiet)
         summary["blocking"] = blocking.run(
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             users=SMOKE["users"] if smoke else blocking.USERS,
             delays_ms=SMOKE["delays"] if smoke else blocking.DELAYS_MS,
         )
-        _checkpoint(out, summary)
+        report.write_summary(out, summary)
     if "cpu" in parts:
         options = _options(out, "cpu", smoke, args.quiet)
         summary["cpubound"] = cpubound.run(
@@ -110,19 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checkpoint(out: Path, summary: dict) -> None:
-    """Write what the run has so far, so that a failure later loses no measurement
-    (``--render`` finishes the report from it)."""
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-
-
-def _claims(summary: dict, compare_dir: Path | None) -> list[dict]:
-    compare = None
-    if compare_dir and (compare_dir / "summary.json").exists():
-        compare = json.loads((compare_dir / "summary.json").read_text())
-    name = compare_dir.resolve().name if compare else None
-    return report.table(summary.get("blocking"), summary.get("cpubound"), summary.get("shared"),
-                        summary["code"], compare, name)  # fmt: skip
+def _claims(summary: dict, compare_dir: Path) -> list[dict]:
+    path = compare_dir / "summary.json"
+    if not path.exists():
+        return report.table(summary, None, None)
+    return report.table(summary, json.loads(path.read_text()), compare_dir.resolve().name)
 
 
 def _options(out: Path, part: str, smoke: bool, quiet: bool) -> runner.RunOptions:

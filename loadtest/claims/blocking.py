@@ -27,7 +27,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loadtest.claims import probe
@@ -96,7 +96,7 @@ def run(
     return {
         "users": users,
         "delays_ms": list(delays_ms),
-        "variants": [v.__dict__ | {"server_args": list(v.server_args)} for v in VARIANTS],
+        "variants": [asdict(v) for v in VARIANTS],
         "points": points,
     }
 

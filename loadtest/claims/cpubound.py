@@ -22,22 +22,30 @@ import json
 from pathlib import Path
 
 from loadtest.compare import runner
+from loadtest.compare.steps import _mean
 
 SAY_CPU_MS = 10.0
 SAY_EVERY = 0.25  # s: 4 says/s per user, under the servers' 20/s rate limit
 ROOM_SIZE = 5
 LEVELS = (10, 20, 35, 50, 70)  # users: 40 .. 280 says/s, 0.4 .. 2.8 cores of filtering
-TOP_DEMAND = LEVELS[-1] / SAY_EVERY * SAY_CPU_MS / 1000
 HOLD_S = 15.0
 WINDOW_S = 10.0
 KINDS = ("threaded", "async")
+
+
+def demand_cores(users: int) -> float:
+    """Cores of filtering the offered says need: says/s x CPU per say."""
+    return users / SAY_EVERY * SAY_CPU_MS / 1000
+
+
+TOP_DEMAND = demand_cores(LEVELS[-1])
 
 
 def locust_args() -> list[str]:
     return ["--say-every", f"{SAY_EVERY:g}", "--room-size", str(ROOM_SIZE)]
 
 
-def _machine_cpu(out: Path, result: dict) -> dict[int, float]:
+def _machine_cpu(out: Path, result: dict) -> dict[int, float | None]:
     """Machine CPU (% of all CPUs) of each step, the mean of its samples after the ramp.
 
     Over the whole hold rather than the judged window: a step cut short because the
@@ -48,21 +56,12 @@ def _machine_cpu(out: Path, result: dict) -> dict[int, float]:
     if not path.exists():
         return {}
     samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    out_rows = {}
-    for row in result["steps"]:
-        values = [
-            s["machine_cpu"]
-            for s in samples
-            if row.ramp_end + 1 <= s["t"] <= row.end and s.get("machine_cpu") is not None
-        ]
-        if values:
-            out_rows[row.index] = sum(values) / len(values)
-    return out_rows
-
-
-def demand_cores(users: int) -> float:
-    """Cores of filtering the offered says need: says/s x CPU per say."""
-    return users / SAY_EVERY * SAY_CPU_MS / 1000
+    return {
+        row.index: _mean(
+            [s.get("machine_cpu") for s in samples if row.ramp_end + 1 <= s["t"] <= row.end]
+        )
+        for row in result["steps"]
+    }
 
 
 def run(options: runner.RunOptions, *, levels: tuple[int, ...] = LEVELS) -> dict:

@@ -30,11 +30,15 @@ PLOTS = {
 HOLLOW_NOTE = "hollow: step not ok (over the SLO, unresponsive, failures)"
 
 
-def _line(ax, xs, ys, oks, style) -> None:
-    ax.plot(xs, ys, color=style["color"], label=style["label"])
-    for x, y, ok in zip(xs, ys, oks, strict=True):
-        ax.plot(x, y, marker=style["marker"], color=style["color"],
-                markerfacecolor=style["color"] if ok else "white")  # fmt: skip
+def _line(ax, points: list[dict], x: str, y: str, style: dict, floor: float | None = None) -> None:
+    """``y`` against ``x`` over the points that have a ``y``, hollow where the step was not
+    ok; values below ``floor`` (a log scale's stand-in for zero) drawn at ``floor``."""
+    got = [p for p in points if p.get(y) is not None]
+    ys = [p[y] if floor is None else max(p[y], floor) for p in got]
+    ax.plot([p[x] for p in got], ys, color=style["color"], label=style["label"])
+    for p, value in zip(got, ys, strict=True):
+        ax.plot(p[x], value, marker=style["marker"], color=style["color"],
+                markerfacecolor=style["color"] if p["outcome"] == "ok" else "white")  # fmt: skip
 
 
 def blocking(result: dict, path: Path) -> None:
@@ -42,17 +46,10 @@ def blocking(result: dict, path: Path) -> None:
     delays = result["delays_ms"]
     for name, style in VARIANT_STYLE.items():
         points = [p for p in result["points"] if p["variant"] == name]
-        got = [p for p in points if p["fanout_p99_ms"] is not None]
-        _line(left, [p["delay_ms"] for p in got], [p["fanout_p99_ms"] for p in got],
-              [p["outcome"] == "ok" for p in got], style)  # fmt: skip
-        pings = [p for p in points if p.get("probe_p99_ms") is not None]
-        _line(middle, [p["delay_ms"] for p in pings], [p["probe_p99_ms"] for p in pings],
-              [p["outcome"] == "ok" for p in pings], style)  # fmt: skip
-        lag = [p for p in points if p.get("loop_lag_p99_ms") is not None]
-        if name != "threaded" and lag:
-            lags = [max(p["loop_lag_p99_ms"], 0.1) for p in lag]  # log scale: no zero
-            _line(right, [p["delay_ms"] for p in lag], lags,
-                  [p["outcome"] == "ok" for p in lag], style)  # fmt: skip
+        _line(left, points, "delay_ms", "fanout_p99_ms", style)
+        _line(middle, points, "delay_ms", "probe_p99_ms", style)
+        if name != "threaded" and any(p.get("loop_lag_p99_ms") is not None for p in points):
+            _line(right, points, "delay_ms", "loop_lag_p99_ms", style, floor=0.1)
     waits = [d for d in delays if d > 0]  # log scale: N = 0 has no point
     left.plot(waits, waits, color="0.5", linestyle=":", label="N: the sender's own wait")
     for ax in (left, middle, right):
@@ -61,15 +58,13 @@ def blocking(result: dict, path: Path) -> None:
         ax.set_xlabel("moderation service delay N (ms)")
         ax.set_xticks(delays)
         ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
     left.set_title(f"Bystanders' fan-out p99, {result['users']:,} chat users", fontsize=10)
     left.set_ylabel("fan-out p99 (ms, log scale)")
     middle.set_title("Ping p99 of a bystander that makes no call", fontsize=10)
     middle.set_ylabel("ping round trip p99 (ms, log scale)")
-    middle.legend(fontsize=8, loc="upper left")
     right.set_title("Async server's event-loop lag p99", fontsize=10)
     right.set_ylabel("loop lag p99 (ms, log scale)")
-    left.legend(fontsize=8, loc="upper left")
-    right.legend(fontsize=8, loc="upper left")
     _legend_note(left, HOLLOW_NOTE)
     _save(fig, path)
 
@@ -78,14 +73,9 @@ def cpubound(result: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] + 3, SIZE[1]))
     offered = sorted({p["says_per_s_offered"] for p in result["points"]})
     for kind in ("threaded", "async"):
-        style = STYLE[kind]
         points = [p for p in result["points"] if p["server"] == kind]
-        cpu = [p for p in points if p["cpu_cores_exact"] is not None]
-        _line(left, [p["says_per_s_offered"] for p in cpu], [p["cpu_cores_exact"] for p in cpu],
-              [p["outcome"] == "ok" for p in cpu], style)  # fmt: skip
-        says = [p for p in points if p["says_per_s"] is not None]
-        _line(right, [p["says_per_s_offered"] for p in says], [p["says_per_s"] for p in says],
-              [p["outcome"] == "ok" for p in says], style)  # fmt: skip
+        _line(left, points, "says_per_s_offered", "cpu_cores_exact", STYLE[kind])
+        _line(right, points, "says_per_s_offered", "says_per_s", STYLE[kind])
     demand = [x * result["say_cpu_ms"] / 1000 for x in offered]
     left.plot(offered, demand, color="0.5", linestyle=":", label="work offered (cores)")
     left.axhline(1.0, color="red", linewidth=1, linestyle=":", label="one core")

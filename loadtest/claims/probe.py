@@ -65,12 +65,8 @@ def read(path: Path, start: float, end: float) -> list[float]:
     """Round trips (s) of the pings sent within ``[start, end]``."""
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        sent, rtt = (float(x) for x in line.split())
-        if start <= sent <= end:
-            out.append(rtt)
-    return out
+    pings = (map(float, line.split()) for line in path.read_text().splitlines())
+    return [rtt for sent, rtt in pings if start <= sent <= end]
 
 
 def p99(values: list[float]) -> float | None:

@@ -25,36 +25,32 @@ from loadtest.compare.report import (  # the comparison report's parts
 )
 
 
-def table(
-    blocking_result: dict | None,
-    cpu_result: dict | None,
-    shared: dict | None,
-    code: dict,
-    compare: dict | None,
-    compare_dir: str | None,
-) -> list[dict]:
-    """Every claim: decided here where a scenario or code fact tests it (unless that part
-    was not run), else by ``compare``."""
+def table(summary: dict, compare: dict | None, compare_dir: str | None) -> list[dict]:
+    """Every claim: decided by ``summary`` where a scenario or code fact tests it (unless
+    that part was not run), else by ``compare`` (the summary.json of report ``compare_dir``)."""
+    blocking_result, cpu_result = summary.get("blocking"), summary.get("cpubound")
+    code = summary["code"]
     ours = {
         r["key"]: r
         for r in (
             verdicts.simplicity(code),
             verdicts.blocking_compatibility(blocking_result),
             verdicts.gil(cpu_result),
-            verdicts.shared_state_complexity(shared, code),
+            verdicts.shared_state_complexity(summary.get("shared"), code),
             verdicts.true_parallelism(cpu_result),
             verdicts.simpler_shared_state(code),
             verdicts.blocking_incompatibility(blocking_result),
             *verdicts.unmeasurable(),
         )
     }
+    compare = compare or {}
     theirs = {}
-    for index, row in enumerate((compare or {}).get("claims") or []):
+    for index, row in enumerate(compare.get("claims") or []):
         key = row.get("key") or compare_claims.CLAIM_KEYS[index]
         theirs[key] = {
             **row, "key": key,
             "tested_by": f"{compare_claims.CHAT_CLIMB}, report {compare_dir} "
-                         f"({(compare or {}).get('date', '?')})",
+                         f"({compare.get('date', '?')})",
         }  # fmt: skip
     rows = []
     for key in compare_claims.CLAIM_KEYS:
@@ -72,20 +68,23 @@ def table(
     return rows
 
 
-def write(out: Path, summary: dict) -> dict:
-    """Draw the plots, write summary.json, claims.md and report.html; return the summary."""
-    titles = {}
-    if summary.get("blocking"):
-        plots.blocking(summary["blocking"], out / "blocking.png")
-        titles["blocking.png"] = plots.PLOTS["blocking.png"]
-    if summary.get("cpubound"):
-        plots.cpubound(summary["cpubound"], out / "cpubound.png")
-        titles["cpubound.png"] = plots.PLOTS["cpubound.png"]
-    summary["plots"] = titles
+def write_summary(out: Path, summary: dict) -> None:
+    """summary.json: what the run has so far (a run writes it after each part, so that a
+    failure later loses no measurement; ``--render`` finishes the report from it)."""
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+
+def write(out: Path, summary: dict) -> None:
+    """Draw the plots, write summary.json, claims.md and report.html."""
+    titles = {}
+    for part, draw in (("blocking", plots.blocking), ("cpubound", plots.cpubound)):
+        if summary.get(part):
+            draw(summary[part], out / f"{part}.png")
+            titles[f"{part}.png"] = plots.PLOTS[f"{part}.png"]
+    summary["plots"] = titles
+    write_summary(out, summary)
     (out / "claims.md").write_text(claims_markdown(summary["claims"]) + "\n")
     (out / "report.html").write_text(render_html(summary, out))
-    return summary
 
 
 # -- HTML -------------------------------------------------------------------------------
@@ -117,9 +116,7 @@ def method_html(module) -> str:
     for block in (module.__doc__ or "").strip().split("\n\n"):
         items = re.split(r"\n\s*- ", "\n" + block) if block.lstrip().startswith("- ") else None
         texts = [t for t in items if t.strip()] if items else [block]
-        rendered = []
-        for text in texts:
-            rendered.append(_literals(" ".join(_ROLE.sub(reference, text).split())))
+        rendered = [_literals(" ".join(_ROLE.sub(reference, t).split())) for t in texts]
         if items:
             html.append("<ul>" + "".join(f"<li>{t}</li>" for t in rendered) + "</ul>")
         else:
@@ -143,36 +140,33 @@ def render_html(summary: dict, out: Path) -> str:
         f"{m['memory_bytes'] / 2**30:.0f} GiB, commit {_e((m.get('git_commit') or 'n/a')[:12])}. "
         f"The article: <i>{_e(compare_claims.ARTICLE['title'])}</i> "
         f"({_e(compare_claims.ARTICLE['date'])}), each claim in this project's words.</p>",
-        *(
-            [
-                "<p><b>A smoke run</b> (<code>--profile smoke</code>): smaller loads and shorter "
-                "steps than each section describes; its tables show what ran. Its verdicts "
-                "are not the project's.</p>"
-            ]
-            if summary.get("profile") == "smoke"
-            else []
-        ),
+    ]
+    if summary.get("profile") == "smoke":
+        parts.append(
+            "<p><b>A smoke run</b> (<code>--profile smoke</code>): smaller loads and shorter "
+            "steps than each section describes; its tables show what ran. Its verdicts "
+            "are not the project's.</p>"
+        )
+    claims = summary["claims"]
+    body = [
+        [_e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c["tested_by"]),
+         _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>"]
+        for c in claims
+    ]  # fmt: skip
+    classes = [c["verdict"].replace(" ", "").replace("here", "") for c in claims]
+    parts += [
         "<h2>Claims</h2>",
         "<p class='small'>Thresholds: "
         + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
         + ".</p>",
-    ]
-    body, classes = [], []
-    for c in summary["claims"]:
-        body.append([
-            _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c["tested_by"]),
-            _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>",
-        ])  # fmt: skip
-        classes.append(c["verdict"].replace(" ", "").replace("here", ""))
-    parts.append(
         _table(
             ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"], body, classes
-        )
-    )
+        ),
+    ]
     if summary.get("blocking"):
-        parts.append("<h2>Blocking library calls</h2>")
-        parts.append(method_html(blocking))
-        parts.append(
+        parts += [
+            "<h2>Blocking library calls</h2>",
+            method_html(blocking),
             "<p>Where the call sits is the lesson. The threaded server makes it in the "
             "sender's own thread <b>outside</b> <code>chat_lock</code> "
             "(<code>ChatServer._screen</code> in threaded_server/server.py): while that "
@@ -180,51 +174,59 @@ def render_html(summary: dict, out: Path) -> str:
             "room, as the call on the loop stalls the async server. The async server calls "
             "the same blocking function on its loop as written, or moves it to a worker "
             "thread with <code>asyncio.to_thread</code> (the loop's default executor: "
-            "min(32, CPUs + 4) threads).</p>"
-        )
-        parts.append(_img(out, "blocking.png", plots.PLOTS["blocking.png"]))
-        parts.append(_blocking_table(summary["blocking"]))
+            "min(32, CPUs + 4) threads).</p>",
+            _img(out, "blocking.png", plots.PLOTS["blocking.png"]),
+            _blocking_table(summary["blocking"]),
+        ]
     if summary.get("cpubound"):
-        parts.append("<h2>CPU-bound work and the GIL</h2>")
-        parts.append(method_html(cpubound))
-        parts.append(_img(out, "cpubound.png", plots.PLOTS["cpubound.png"]))
-        parts.append(_cpu_table(summary["cpubound"]))
+        parts += [
+            "<h2>CPU-bound work and the GIL</h2>",
+            method_html(cpubound),
+            _img(out, "cpubound.png", plots.PLOTS["cpubound.png"]),
+            _cpu_table(summary["cpubound"]),
+        ]
     if summary.get("shared"):
-        parts.append("<h2>Shared state: the threaded server without chat_lock</h2>")
-        parts.append(method_html(sharedstate))
-        parts.append(_shared_table(summary["shared"]))
-    parts.append("<h2>Code facts (counted from the source, not measured)</h2>")
-    parts.append(method_html(codefacts))
-    parts.append(_code_table(summary["code"]))
-    parts.append("<h2>Machine</h2>")
-    parts.append(
-        _table(
-            ["", ""],
-            [[_e(k), _e(v if not isinstance(v, dict) else json.dumps(v))] for k, v in m.items()],
-        )
-    )
+        parts += [
+            "<h2>Shared state: the threaded server without chat_lock</h2>",
+            method_html(sharedstate),
+            _shared_table(summary["shared"]),
+        ]
+    machine_rows = [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in m.items()]
     files = sorted(f.name for f in out.iterdir() if f.is_file())
-    parts.append("<p class='small'>Files: " + ", ".join(f"<code>{_e(f)}</code>" for f in files))
-    parts.append(
-        f"</p><p class='small'>Command: <code>{_e(' '.join(summary['command']))}</code></p>"
-    )
-    parts.append("</body></html>")
+    parts += [
+        "<h2>Code facts (counted from the source, not measured)</h2>",
+        method_html(codefacts),
+        _code_table(summary["code"]),
+        "<h2>Machine</h2>",
+        _plain_table(["", ""], machine_rows),
+        "<p class='small'>Files: " + ", ".join(f"<code>{_e(f)}</code>" for f in files),
+        f"</p><p class='small'>Command: <code>{_e(' '.join(summary['command']))}</code></p>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
+
+
+def _plain_table(head: list[str], body: list[list]) -> str:
+    """A table of plain values: each cell escaped."""
+    return _table(head, [[_e(cell) for cell in row] for row in body])
+
+
+def _step(point: dict) -> str:
+    return point["outcome"] + (f": {point['reason']}" if point["reason"] else "")
 
 
 def _blocking_table(result: dict) -> str:
     body = [
-        [_e(p["variant"]), _e(f"{p['delay_ms']:g}"), _e(_n(p["calls"])),
-         _e(_n(p["fanout_p50_ms"])), _e(_n(p["fanout_p99_ms"])), _e(_n(p["extra_p99_ms"])),
-         _e(_n(p.get("probe_p99_ms"), "{:,.1f}")
-            + ("" if p.get("probe_window") in (None, "judged window") else " (whole step)")),
-         _e(_n(p["loop_lag_p99_ms"], "{:,.1f}")), _e(_n(p["deliveries_per_s"])),
-         _e(_n(p["server_cpu_cores"], "{:.2f}")), _e(_n(p["threads"])),
-         _e(_n(100 * (p["failure_ratio"] or 0), "{:.2f}")),
-         _e(p["outcome"] + (f": {p['reason']}" if p["reason"] else ""))]
+        [p["variant"], f"{p['delay_ms']:g}", _n(p["calls"]), _n(p["fanout_p50_ms"]),
+         _n(p["fanout_p99_ms"]), _n(p["extra_p99_ms"]),
+         _n(p.get("probe_p99_ms"), "{:,.1f}")
+         + ("" if p.get("probe_window") in (None, "judged window") else " (whole step)"),
+         _n(p["loop_lag_p99_ms"], "{:,.1f}"), _n(p["deliveries_per_s"]),
+         _n(p["server_cpu_cores"], "{:.2f}"), _n(p["threads"]),
+         _n(100 * (p["failure_ratio"] or 0), "{:.2f}"), _step(p)]
         for p in result["points"]
     ]  # fmt: skip
-    return _table(
+    return _plain_table(
         ["variant", "N ms", "moderation calls", "fan-out p50 ms", "fan-out p99 ms",
          "p99 - N ms", "bystander ping p99 ms", "loop lag p99 ms", "deliveries/s",
          "server CPU (cores)", "threads", "failures %", "step"], body,
@@ -233,15 +235,14 @@ def _blocking_table(result: dict) -> str:
 
 def _cpu_table(result: dict) -> str:
     body = [
-        [_e(p["server"]), _e(p["users"]), _e(_n(p["says_per_s_offered"])),
-         _e(_n(p["demand_cores"], "{:.2f}")), _e(_n(p["says_per_s"])),
-         _e(_n(p["deliveries_per_s"])), _e(_n(p["cpu_cores_exact"], "{:.2f}")),
-         _e(_n(p["cpu_cores_peak"], "{:.2f}")), _e(_n(p["busiest_thread_share"], "{:.0%}")),
-         _e(_n(p["threads"])), _e(_n(p["machine_cpu_mean"])), _e(_n(p["locust_cpu_mean"])),
-         _e(_n(p["fanout_p99_ms"])), _e(p["outcome"] + (f": {p['reason']}" if p["reason"] else ""))]
+        [p["server"], p["users"], _n(p["says_per_s_offered"]), _n(p["demand_cores"], "{:.2f}"),
+         _n(p["says_per_s"]), _n(p["deliveries_per_s"]), _n(p["cpu_cores_exact"], "{:.2f}"),
+         _n(p["cpu_cores_peak"], "{:.2f}"), _n(p["busiest_thread_share"], "{:.0%}"),
+         _n(p["threads"]), _n(p["machine_cpu_mean"]), _n(p["locust_cpu_mean"]),
+         _n(p["fanout_p99_ms"]), _step(p)]
         for p in result["points"]
     ]  # fmt: skip
-    return _table(
+    return _plain_table(
         ["server", "users", "says/s offered", "work offered (cores)", "says/s received",
          "deliveries/s", "server CPU (threads, exact)", "server CPU peak 3 s",
          "busiest thread", "threads", "machine CPU %", "Locust CPU %", "fan-out p99 ms",
@@ -250,14 +251,13 @@ def _cpu_table(result: dict) -> str:
 
 
 def _shared_table(shared: dict) -> str:
-    keys = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",
-            "members_lost")  # fmt: skip
+    keys = sharedstate.BREAKAGES
     body = [
-        [_e("yes" if r["locked"] else "no-op"), _e(f"{r['switch_interval'] * 1000:g}"),
-         _e(r["says_sent"]), *(_e(r.get(k, "failed")) for k in keys)]
+        ["yes" if r["locked"] else "no-op", f"{r['switch_interval'] * 1000:g}", r["says_sent"],
+         *(r.get(k, "failed") for k in keys)]
         for r in shared["runs"]
     ]  # fmt: skip
-    return _table(["chat_lock", "switch interval ms", "says sent", *keys], body)
+    return _plain_table(["chat_lock", "switch interval ms", "says sent", *keys], body)
 
 
 def _code_table(code: dict) -> str:

@@ -51,6 +51,9 @@ CHURNERS = 3
 ROOM = "shared"
 IDLE_S = 1.5  # a watcher that received nothing for this long has all it will get
 DEFAULT_SWITCH_INTERVAL = 0.005
+# What the experiment counts (see above): every one is 0 with the lock.
+BREAKAGES = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",
+             "members_lost")  # fmt: skip
 
 
 def experiment(locked: bool, switch_interval: float = DEFAULT_SWITCH_INTERVAL) -> dict:

@@ -9,6 +9,7 @@ about the code, not a run's measurement.
 
 from __future__ import annotations
 
+from loadtest.claims import sharedstate
 from loadtest.compare import claims as compare_claims
 from loadtest.compare.claims import (
     LATENCY_FLOOR_MS,
@@ -76,8 +77,7 @@ def _by_variant(result: dict) -> dict[str, list[dict]]:
 
 
 def _base(points: list[dict]) -> float | None:
-    zero = next((p for p in points if p["delay_ms"] == 0), None)
-    return zero.get("probe_p99_ms") if zero else None
+    return next((p.get("probe_p99_ms") for p in points if p["delay_ms"] == 0), None)
 
 
 def _describe(points: list[dict]) -> str:
@@ -104,9 +104,8 @@ def blocking_compatibility(result: dict | None) -> dict:
         return _row(key, claim, BLOCKING, measurement, rule, NOT_MEASURED, "not run")
     base = _base(points)
     ok = all(unaffected(p, base) for p in points)
-    measured = "threaded: " + _describe(points)
     return _row(key, claim, BLOCKING, measurement, rule, SUPPORTED if ok else NOT_SUPPORTED,
-                measured)  # fmt: skip
+                "threaded: " + _describe(points))  # fmt: skip
 
 
 def blocking_incompatibility(result: dict | None) -> dict:
@@ -146,12 +145,6 @@ def blocking_incompatibility(result: dict | None) -> dict:
 # -- CPU-bound work -----------------------------------------------------------------------
 
 
-def _busiest_cpu(points: list[dict]) -> dict | None:
-    """The step that used the most CPU among those offered more than one core of work."""
-    loaded = [p for p in points if p["demand_cores"] > ONE_CORE and p["cpu_cores_exact"]]
-    return max(loaded, key=lambda p: p["cpu_cores_exact"], default=None)
-
-
 def _cpu_text(kind: str, points: list[dict]) -> str:
     return f"{kind}: " + ", ".join(
         f"{p['says_per_s_offered']:.0f} says/s offered ({p['demand_cores']:.1f} cores of work): "
@@ -164,7 +157,9 @@ def _cpu_text(kind: str, points: list[dict]) -> str:
 
 def _one_core_verdict(points: list[dict]) -> tuple[str, str]:
     """(verdict on "stuck at one core", what was seen): the shared rule of both CPU claims."""
-    top = _busiest_cpu(points)
+    # The step that used the most CPU among those offered more than one core of work:
+    loaded = [p for p in points if p["demand_cores"] > ONE_CORE and p["cpu_cores_exact"]]
+    top = max(loaded, key=lambda p: p["cpu_cores_exact"], default=None)
     if top is None:
         return NOT_MEASURED, "no step offered more than one core of work"
     cores, machine = top["cpu_cores_exact"], top["machine_cpu_mean"]
@@ -228,9 +223,7 @@ def true_parallelism(result: dict | None) -> dict:
 def breakages(counts: dict | None) -> int | None:
     if not counts:
         return None
-    keys = ("out_of_order", "duplicate_seq", "seq_gaps", "lost", "connections_lost",
-            "members_lost")  # fmt: skip
-    return sum(counts.get(k) or 0 for k in keys)
+    return sum(counts.get(k) or 0 for k in sharedstate.BREAKAGES)
 
 
 def _experiment_text(shared: dict) -> str:
@@ -240,11 +233,10 @@ def _experiment_text(shared: dict) -> str:
         if "error" in run:
             parts.append(f"{label}: the experiment failed ({run['error'].strip()[-200:]})")
             continue
+        counts = ", ".join(f"{k.replace('_', ' ')} {run[k]}" for k in sharedstate.BREAKAGES)
         parts.append(
             f"{label} (switch interval {run['switch_interval'] * 1000:g} ms, {run['says_sent']} "
-            f"says): out of order {run['out_of_order']}, duplicate seq {run['duplicate_seq']}, "
-            f"seq gaps {run['seq_gaps']}, lost {run['lost']}, connections lost "
-            f"{run['connections_lost']}, members lost {run['members_lost']}"
+            f"says): {counts}"
         )
     return "; ".join(parts)
 
