@@ -8,6 +8,7 @@ server hit its limit.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 import matplotlib
@@ -41,36 +42,31 @@ PLOTS = {
 }
 
 
-def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
-    """Points of one run in order of ``x_key`` (narrowing steps fall between climb steps)."""
-    xs, ys, outcomes = [], [], []
-
-    def x_of(r: StepRow):
-        return getattr(r, x_key)
-
+def _points(run: dict, x_key: str, y) -> list[tuple]:
+    """(x, y, outcome) of one run's steps in order of ``x_key`` (narrowing steps fall between
+    climb steps); ``y`` is a row's attribute name or a function of the row."""
+    value = y if callable(y) else attrgetter(y)
     climb_limit = run.get("limit") or {}
-    for r in sorted(run["steps"], key=lambda r: x_of(r) if x_of(r) is not None else -1):
+    points = []
+    for r in run["steps"]:
         if r.phase == "base" or why_not_counted(r, climb_limit):
             continue  # a repeat of a climb level, or a probe that never tested its level
-        x = x_of(r)
-        v = y(r) if callable(y) else getattr(r, y)
-        if x is None or v is None:
-            continue
-        xs.append(x)
-        ys.append(v)
-        outcomes.append(r.outcome)
-    return xs, ys, outcomes
+        x, v = getattr(r, x_key), value(r)
+        if x is not None and v is not None:
+            points.append((x, v, r.outcome))
+    return sorted(points, key=lambda point: point[0])
 
 
 def _plot(ax, run: dict, x_key: str, y, *, label_suffix="", linestyle="-", alpha=1.0):
     style = STYLE[run.get("style", run["kind"])]
-    xs, ys, outcomes = _series(run, x_key, y)
-    if not xs:
+    points = _points(run, x_key, y)
+    if not points:
         return
+    xs, ys, _outcomes = zip(*points, strict=True)
     label = style["label"].format(n=run.get("workers", ""))
     ax.plot(xs, ys, color=style["color"], linestyle=linestyle, alpha=alpha,
             label=label + label_suffix)  # fmt: skip
-    for x, v, outcome in zip(xs, ys, outcomes, strict=True):
+    for x, v, outcome in points:
         ax.plot(
             x, v, marker=style["marker"], color=style["color"], alpha=alpha,
             markerfacecolor="white" if outcome == "invalid" else style["color"],
