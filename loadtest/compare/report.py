@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from loadtest import codefacts
@@ -454,39 +455,37 @@ def _headline_html(rows: list[dict]) -> str:
 
 
 STEP_CLASS = {Outcome.INVALID: "invalid", Outcome.LIMIT: "limit", Outcome.TRANSIENT: "invalid"}
+# The step table's columns: the header, and the cell of a row under it.
+STEP_COLUMNS: tuple[tuple[str, Callable[[StepRow], object]], ...] = (
+    ("phase", lambda r: r.phase or ""),
+    ("users", lambda r: r.users_target),
+    ("conns", lambda r: _n(r.connections) + ("" if r.settled else " (not all up)")),
+    ("p50 ms", lambda r: _n(figures.p50(r), "{:,.0f}")),
+    ("p99 ms", lambda r: _n(figures.p99(r), "{:,.0f}")),
+    ("server fan-out p99 ms", lambda r: _n(r.server_fanout_p99_ms, "{:,.1f}")),
+    ("loop lag p99 ms", lambda r: _n(r.loop_lag_p99_ms, "{:,.1f}")),
+    ("deliveries/s", lambda r: _n(r.deliveries_per_s)),
+    ("server CPU (own counter)", lambda r: _n(r.server_cpu_cores, "{:.2f}")),
+    ("server CPU (threads, exact)", lambda r: _n(r.cpu_cores_exact, "{:.2f}")),
+    ("throttled s/s", lambda r: _n(r.throttled_per_s, "{:.2f}")),
+    ("waiting to run s/s", lambda r: _n(r.wait_to_run_per_s, "{:.2f}")),
+    ("involuntary switches / delivery",
+     lambda r: _n(r.involuntary_switches_per_delivery, "{:.3f}")),
+    ("Locust CPU %", lambda r: _n(r.locust_cpu_mean, "{:.0f}")),
+    ("other processes CPU", lambda r: _n(r.other_cpu_cores, "{:.2f}")),
+    ("busiest server thread", lambda r: _n(r.busiest_thread_share, "{:.0%}")),
+    ("RSS MiB", lambda r: _n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
+    ("threads", lambda r: _n(r.threads)),
+    ("fds", lambda r: _n(r.open_fds)),
+    ("failures %", lambda r: f"{100 * r.failure_ratio:.2f}"),
+    ("disconnects", lambda r: ", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
+    ("outcome", lambda r: r.outcome + (f": {r.reason}" if r.reason else "")),
+)  # fmt: skip
 
 
 def _steps_html(rows: list[StepRow]) -> str:
-    body, classes = [], []
-    for r in rows:
-        body.append([
-            _e(r.phase or ""), _e(r.users_target),
-            _e(_n(r.connections) + ("" if r.settled else " (not all up)")),
-            _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
-            _e(_n(r.server_fanout_p99_ms, "{:,.1f}")),
-            _e(_n(r.loop_lag_p99_ms, "{:,.1f}")),
-            _e(_n(r.deliveries_per_s)),
-            _e(_n(r.server_cpu_cores, "{:.2f}")),
-            _e(_n(r.cpu_cores_exact, "{:.2f}")),
-            _e(_n(r.throttled_per_s, "{:.2f}")),
-            _e(_n(r.wait_to_run_per_s, "{:.2f}")),
-            _e(_n(r.involuntary_switches_per_delivery, "{:.3f}")),
-            _e(_n(r.locust_cpu_mean, "{:.0f}")),
-            _e(_n(r.other_cpu_cores, "{:.2f}")),
-            _e(_n(r.busiest_thread_share, "{:.0%}")),
-            _e(_n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
-            _e(_n(r.threads)), _e(_n(r.open_fds)),
-            _e(f"{100 * r.failure_ratio:.2f}"),
-            _e(", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
-            _e(r.outcome + (f": {r.reason}" if r.reason else "")),
-        ])  # fmt: skip
-        classes.append(STEP_CLASS.get(r.outcome, ""))
     return _table(
-        ["phase", "users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms",
-         "loop lag p99 ms", "deliveries/s", "server CPU (own counter)",
-         "server CPU (threads, exact)", "throttled s/s", "waiting to run s/s",
-         "involuntary switches / delivery", "Locust CPU %", "other processes CPU",
-         "busiest server thread", "RSS MiB", "threads", "fds",
-         "failures %", "disconnects", "outcome"],
-        body, classes,
-    )  # fmt: skip
+        [head for head, _ in STEP_COLUMNS],
+        [[_e(cell(r)) for _, cell in STEP_COLUMNS] for r in rows],
+        [STEP_CLASS.get(r.outcome, "") for r in rows],
+    )
