@@ -87,6 +87,13 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlim(left=0)
 
 
+def _slo_on_log_scale(ax, slo_ms: float) -> None:
+    """A latency axis: log scale in plain numbers, the SLO a red dotted line."""
+    ax.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+
+
 def _legend(ax, extra_note: str | None = None) -> None:
     handles, _labels = ax.get_legend_handles_labels()
     if handles:
@@ -110,9 +117,7 @@ def latency(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     for run in runs:
         _plot(ax, run, "users_target", figures.p99, label_suffix=" p99")
         _plot(ax, run, "users_target", figures.p50, label_suffix=" p50", linestyle="--", alpha=0.6)
-    ax.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _slo_on_log_scale(ax, slo_ms)
     _finish(ax, f"{name} latency seen by Locust (its last 10 s of each step)", "users",
             f"{name} latency (ms, log scale)")  # fmt: skip
     _legend(ax, MARKER_NOTE)
@@ -241,9 +246,7 @@ def scale_out(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     for run in runs:
         _plot(left, run, "users_target", figures.p99, label_suffix=" p99")
         _plot(right, run, "users_target", "deliveries_per_s")
-    left.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
-    left.set_yscale("log")
-    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _slo_on_log_scale(left, slo_ms)
     _finish(left, f"{name} p99 (nothing pinned)", "users", f"{name} p99 (ms, log scale)")
     right.yaxis.set_major_formatter(THOUSANDS)
     right.set_ylim(bottom=0)
@@ -280,9 +283,7 @@ def connections(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
             for ax in (left, right):
                 ax.axvline(limit["users"], color=color, linestyle="--", linewidth=1,
                            label=f"{run['kind']} wall: {limit['users']:,} users")  # fmt: skip
-    right.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
-    right.set_yscale("log")
-    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _slo_on_log_scale(right, slo_ms)
     left.set_ylim(bottom=0)
     _finish(left, "Server RSS, all its processes", "connections held", "GiB")
     _finish(right, f"{name} p99 seen by Locust", "connections held", "ms (log scale)")

@@ -52,7 +52,7 @@ def headline_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['server']} | {r['limit'] if r['limit_users'] is None else _limit_cell(r)} "
+            f"| {r['server']} | {_limit_cell(r)} "
             f"| {_n(r['last_ok_users'])} users | {_n(r['deliveries_per_s_last_ok'])} "
             f"| {_n(r['p99_ms_last_ok'], '{:,.0f} ms')} "
             f"| {_n(r['kib_per_connection'], '{:.1f} KiB')} "
@@ -75,7 +75,10 @@ def claims_markdown(rows: list[dict]) -> str:
 
 
 def _limit_cell(r: dict) -> str:
-    return f"{r['limit_users']:,} users: {r['criterion']}"
+    """A headline row's limit: users and criterion, or why there is none ("not reached ...")."""
+    return (
+        r["limit"] if r["limit_users"] is None else f"{r['limit_users']:,} users: {r['criterion']}"
+    )
 
 
 def _n(value, fmt="{:,.0f}") -> str:
@@ -114,14 +117,11 @@ def write(
     rows = headline(runs, derived)
     lines = lines or codefacts.source_lines(root)  # context for the simplicity claim
     table = claims.evaluate(runs, derived, probes, lines) if set(KINDS) <= set(runs) else []
-    plot_titles = plots.draw_all(
-        [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
-    )
+    servers, slo_ms = [runs[k] for k in KINDS if k in runs], profile.limits.slo_ms
+    plot_titles = plots.draw_all(servers, derived, slo_ms, latency_name, out)
     if profile.spread:
         file, title = plots.CONNECTIONS_PLOT
-        plots.connections(
-            [runs[k] for k in KINDS if k in runs], profile.limits.slo_ms, latency_name, out / file
-        )
+        plots.connections(servers, slo_ms, latency_name, out / file)
         plot_titles = {file: title, **plot_titles}
     scale = None
     if scale_out:
@@ -130,9 +130,7 @@ def write(
         for index, name in enumerate(ordered):
             scale_out[name]["style"] = "scale-1" if index == 0 else "scale-n"
         file, title = plots.SCALE_OUT_PLOT
-        plots.scale_out(
-            [scale_out[n] for n in ordered], profile.limits.slo_ms, latency_name, out / file
-        )
+        plots.scale_out([scale_out[n] for n in ordered], slo_ms, latency_name, out / file)
         plot_titles[file] = title
         scale = {
             "headline": headline(scale_out, scale_derived, ordered),
@@ -436,7 +434,7 @@ def _headline_html(rows: list[dict]) -> str:
     for r in rows:
         body.append([
             f"<b>{_e(r['server'])}</b>",
-            _e(_limit_cell(r) if r["limit_users"] is not None else r["limit"]),
+            _e(_limit_cell(r)),
             _e(_n(r["last_ok_users"])),
             _e(_n(r["deliveries_per_s_last_ok"])),
             _e(_n(r["p99_ms_last_ok"], "{:,.0f} ms")),
