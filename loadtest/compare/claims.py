@@ -176,12 +176,9 @@ def gil(probe: dict | None, run: dict) -> dict:
     )
     r = _probe_row(probe)
     if r is None:
-        pinned = run["pinning"]["server_cpu"] is not None
-        why = "no unpinned probe in this profile" + (
-            "; every step pinned the server to one CPU, so it could not exceed one core"
-            if pinned
-            else ""
-        )
+        why = "no unpinned probe in this profile"
+        if run["pinning"]["server_cpu"] is not None:
+            why += "; every step pinned the server to one CPU, so it could not exceed one core"
         return _row("threads-gil", claim, measurement, rule, NOT_MEASURED, why)
     peak, mean, machine = r.server_cpu_cores_max, r.server_cpu_cores, r.machine_cpu_mean
     measured = (
