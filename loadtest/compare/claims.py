@@ -17,6 +17,7 @@ tested it (``tested_by``).
 from __future__ import annotations
 
 from loadtest.compare import figures
+from loadtest.compare.figures import shown
 from loadtest.compare.steps import StepRow
 
 ARTICLE = {
@@ -94,10 +95,6 @@ BY_CLAIMS_RUN = {
 }
 
 
-def _f(value, fmt="{:.2f}", none="n/a") -> str:
-    return none if value is None else fmt.format(value)
-
-
 def _row(key: str, claim, measurement, rule, verdict, measured) -> dict:
     """The row of claim ``key``; one this climb does not measure names what tests it."""
     side, kind = SIDES[key]
@@ -131,8 +128,8 @@ def evaluate(runs: dict, derived: dict, probes: dict, source_lines: dict) -> lis
         many_threads_performance(runs, t),
         _not_measured(
             "threads-shared-state", "Shared state needs synchronization: complexity.",
-            f"Context only: receivers saw {_f(t['seq_failures'], '{:.0f}')} seq gaps or "
-            f"duplicates on the threaded server, {_f(a['seq_failures'], '{:.0f}')} on the async "
+            f"Context only: receivers saw {shown(t['seq_failures'], '{:.0f}')} seq gaps or "
+            f"duplicates on the threaded server, {shown(a['seq_failures'], '{:.0f}')} on the async "
             "server (correctness, not complexity).",
         ),
         thousands_of_tasks(runs["async"], a),
@@ -145,7 +142,7 @@ def evaluate(runs: dict, derived: dict, probes: dict, source_lines: dict) -> lis
         _not_measured(
             "asyncio-blocking", "Incompatibility with blocking libraries.",
             "Context only: p99 event-loop lag of the async server at its last good step "
-            f"{_f(_last_ok_lag(runs['async']), '{:.1f} ms')} (anything blocking the loop "
+            f"{shown(_last_ok_lag(runs['async']), '{:.1f} ms')} (anything blocking the loop "
             "would show here).",
         ),
     ]  # fmt: skip
@@ -182,8 +179,9 @@ def gil(probe: dict | None, run: dict) -> dict:
         return _row("threads-gil", claim, measurement, rule, NOT_MEASURED, why)
     peak, mean, machine = r.server_cpu_cores_max, r.server_cpu_cores, r.machine_cpu_mean
     measured = (
-        f"{r.users_target} users: server CPU mean {_f(mean)} cores, peak (3 s) {_f(peak)}; "
-        f"machine {_f(machine, '{:.0f}')}% busy"
+        f"{r.users_target} users: server CPU mean {shown(mean, '{:.2f}')} cores, peak (3 s) "
+        f"{shown(peak, '{:.2f}')}; "
+        f"machine {shown(machine, '{:.0f}')}% busy"
     )
     if peak is not None and peak > ONE_CORE:
         verdict = NOT_SUPPORTED
@@ -216,8 +214,8 @@ def thread_memory(t: dict, a: dict) -> dict:
     )
     measured = (
         f"threaded {tk:.1f} KiB/connection ({tt:.2f} threads/connection, virtual "
-        f"{_f(t['virtual_kib_per_connection'], '{:.0f}')} KiB), async {ak:.1f} KiB/connection "
-        f"({_f(a['threads_per_connection'], '{:.3f}')} threads/connection): ratio {ratio:.2f}"
+        f"{shown(t['virtual_kib_per_connection'], '{:.0f}')} KiB), async {ak:.1f} KiB/connection "
+        f"({shown(a['threads_per_connection'], '{:.3f}')} threads/connection): ratio {ratio:.2f}"
     )
     return _row("threads-memory", claim, measurement, rule, verdict, measured)
 
@@ -240,8 +238,8 @@ def many_threads_performance(runs: dict, t: dict) -> dict:
         rt, ra = common
         pt, pa = figures.p99(rt), figures.p99(ra)
         notes.append(
-            f"at {rt.users_target} users ({_f(rt.threads, '{:.0f}')} threads): p99 threaded "
-            f"{_f(pt, '{:.0f} ms')}, async {_f(pa, '{:.0f} ms')}"
+            f"at {rt.users_target} users ({shown(rt.threads, '{:.0f}')} threads): p99 threaded "
+            f"{shown(pt, '{:.0f} ms')}, async {shown(pa, '{:.0f} ms')}"
         )
         if (
             pt is not None
@@ -253,7 +251,7 @@ def many_threads_performance(runs: dict, t: dict) -> dict:
     elif not tl["reached"]:
         return _row("threads-many", claim, measurement, rule, NOT_MEASURED, "; ".join(notes))
     if verdict == NOT_SUPPORTED:
-        notes.append(f"up to {_f(t['max_threads'], '{:.0f}')} threads")
+        notes.append(f"up to {shown(t['max_threads'], '{:.0f}')} threads")
     return _row("threads-many", claim, measurement, rule, verdict, "; ".join(notes))
 
 
@@ -267,7 +265,7 @@ def thousands_of_tasks(run: dict, a: dict) -> dict:
     ok = a["last_ok"]
     held = ok["connections"] if ok else None
     measured = (
-        f"async held {_f(held, '{:.0f}')} connections within the SLO ({_limit(run['limit'])})"
+        f"async held {shown(held, '{:.0f}')} connections within the SLO ({_limit(run['limit'])})"
     )
     if held is not None and held >= THOUSANDS:
         verdict = SUPPORTED
@@ -380,11 +378,11 @@ def true_parallelism(probe: dict | None, a: dict) -> dict:
     )
     share = a["busiest_thread_share"]
     r = _probe_row(probe)
-    notes = [f"busiest thread did {_f(share, '{:.0%}')} of the server's CPU time"]
+    notes = [f"busiest thread did {shown(share, '{:.0%}')} of the server's CPU time"]
     if r is not None:
         notes.append(
-            f"probe: {_f(r.server_cpu_cores_max)} cores peak with the machine "
-            f"{_f(r.machine_cpu_mean, '{:.0f}')}% busy"
+            f"probe: {shown(r.server_cpu_cores_max, '{:.2f}')} cores peak with the machine "
+            f"{shown(r.machine_cpu_mean, '{:.0f}')}% busy"
         )
     if share is not None and share >= BUSIEST_THREAD:
         verdict = NOT_SUPPORTED

@@ -16,6 +16,7 @@ from __future__ import annotations
 from operator import attrgetter
 
 from loadtest.compare import figures
+from loadtest.compare.figures import shown
 from loadtest.compare.steps import Criterion, StepRow
 
 CPU_BOUND = 0.90  # share of the CPU the server was given
@@ -49,7 +50,7 @@ def explain(run: dict, cpus: int) -> dict:
         parts.append(
             f"From {limit['last_ok_users']:,} users (its last good step) to {limit['users']:,}:"
         )
-    threads = _n(None if bad is None else bad.threads)
+    threads = shown(None if bad is None else bad.threads)
     changes = [  # what, a row's attribute (or a function of the row), format, unit
         ("CPU", _cpu, "{:.2f}", f" cores of the {given:g} it was given"),
         ("throttled by its CPU budget", "throttled_per_s", "{:.2f}", " s per second"),
@@ -66,9 +67,9 @@ def explain(run: dict, cpus: int) -> dict:
     parts.append("; ".join(filter(None, (_change(good, bad, *c) for c in changes))) + ".")
     if bad is not None:
         parts.append(
-            f"At the limit: RSS {_n((bad.rss_bytes or 0) / 2**20)} MiB, "
-            f"{_n(bad.open_fds)} fds, {_n(bad.threads)} threads, "
-            f"{_n(bad.connections)} connections."
+            f"At the limit: RSS {shown((bad.rss_bytes or 0) / 2**20)} MiB, "
+            f"{shown(bad.open_fds)} fds, {shown(bad.threads)} threads, "
+            f"{shown(bad.connections)} connections."
         )
     failures = run.get("locust_failures") or []
     if failures and bad is not None and bad.criterion in CONNECTION_CRITERIA:
@@ -105,7 +106,3 @@ def _change(
     if before is None:
         return f"{what} {fmt.format(after)}{unit}"
     return f"{what} {fmt.format(before)} → {fmt.format(after)}{unit}"
-
-
-def _n(value) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"

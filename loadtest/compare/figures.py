@@ -21,6 +21,11 @@ def per_connection(run: dict, key: str) -> float | None:
     return slope(points)
 
 
+def shown(value, fmt: str = "{:,.0f}") -> str:
+    """``value`` in ``fmt``, or "n/a" for a figure that was not measured."""
+    return "n/a" if value is None else fmt.format(value)
+
+
 def row(run: dict, index: int | None) -> StepRow | None:
     """The step row of ``run`` with this index (None for None or no such row)."""
     if index is None:

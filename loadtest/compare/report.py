@@ -10,6 +10,7 @@ from pathlib import Path
 
 from loadtest import codefacts
 from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
+from loadtest.compare.figures import shown as _n  # (loadtest.claims.report imports _n)
 from loadtest.compare.profiles import Profile
 from loadtest.compare.steps import Outcome, StepRow
 
@@ -79,10 +80,6 @@ def _limit_cell(r: dict) -> str:
     return (
         r["limit"] if r["limit_users"] is None else f"{r['limit_users']:,} users: {r['criterion']}"
     )
-
-
-def _n(value, fmt="{:,.0f}") -> str:
-    return "n/a" if value is None else fmt.format(value)
 
 
 def to_json(value: object) -> object:
