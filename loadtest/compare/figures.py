@@ -67,6 +67,7 @@ def derive(run: dict) -> dict:
     rss = per_connection(run, "rss_bytes")
     vms = per_connection(run, "vms_bytes")
     valid = [r for r in run["steps"] if r.outcome != Outcome.INVALID]
+    busy = [r for r in valid if (r.deliveries_per_s or 0) >= 1000]  # costs per delivery from these
     shares = [
         r.busiest_thread_share
         for r in run["steps"]
@@ -109,12 +110,8 @@ def derive(run: dict) -> dict:
         "locust_busiest_cpu_peak": max(
             (r.locust_busiest_cpu_mean or 0 for r in run["steps"]), default=None
         ),
-        "locust_us_per_delivery": _median(
-            [locust_us_per_delivery(r) for r in valid if (r.deliveries_per_s or 0) >= 1000]
-        ),
-        "server_us_per_delivery": _median(
-            [cpu_us_per_delivery(r) for r in valid if (r.deliveries_per_s or 0) >= 1000]
-        ),
+        "locust_us_per_delivery": _median([locust_us_per_delivery(r) for r in busy]),
+        "server_us_per_delivery": _median([cpu_us_per_delivery(r) for r in busy]),
     }
 
 

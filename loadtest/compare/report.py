@@ -333,14 +333,12 @@ def _claims_html(summary: dict) -> str:
         + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
         + ".</p>"
     )
-    body, classes = [], []
-    for c in summary["claims"]:
-        body.append([
-            _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
-            _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]),
-            f"<b>{_e(c['verdict'])}</b>",
-        ])  # fmt: skip
-        classes.append(c["verdict"].replace(" ", "").replace("here", ""))
+    body = [
+        [_e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
+         _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>"]
+        for c in summary["claims"]
+    ]  # fmt: skip
+    classes = [c["verdict"].replace(" ", "").replace("here", "") for c in summary["claims"]]
     head = ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"]
     return intro + "\n" + _table(head, body, classes)
 
@@ -379,9 +377,8 @@ def _files_html(summary: dict, out: Path) -> str:
 def _budget_html(summary: dict) -> str:
     """The CPU budget and the load generator: what each cost per delivered message."""
     budget = summary.get("budget") or {}
-    servers = summary["servers"]
     costs = []
-    for kind, server in servers.items():
+    for kind, server in summary["servers"].items():
         d = server["derived"]
         costs.append(
             f"{_e(kind)} run: Locust {_n(d.get('locust_us_per_delivery'), '{:.1f}')} µs, the "
