@@ -1,4 +1,7 @@
-"""Figures derived from one server's step rows: per-connection costs and the limit row."""
+"""Figures derived from one server's step rows: per-connection costs and the limit row.
+
+:func:`shown` writes a figure for the reports ("n/a" when it was not measured).
+"""
 
 from __future__ import annotations
 
