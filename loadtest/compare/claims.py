@@ -180,8 +180,7 @@ def gil(probe: dict | None, run: dict) -> dict:
     peak, mean, machine = r.server_cpu_cores_max, r.server_cpu_cores, r.machine_cpu_mean
     measured = (
         f"{r.users_target} users: server CPU mean {shown(mean, '{:.2f}')} cores, peak (3 s) "
-        f"{shown(peak, '{:.2f}')}; "
-        f"machine {shown(machine, '{:.0f}')}% busy"
+        f"{shown(peak, '{:.2f}')}; machine {shown(machine, '{:.0f}')}% busy"
     )
     if peak is not None and peak > ONE_CORE:
         verdict = NOT_SUPPORTED
