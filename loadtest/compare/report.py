@@ -77,9 +77,9 @@ def claims_markdown(rows: list[dict]) -> str:
 
 def _limit_cell(r: dict) -> str:
     """A headline row's limit: users and criterion, or why there is none ("not reached ...")."""
-    return (
-        r["limit"] if r["limit_users"] is None else f"{r['limit_users']:,} users: {r['criterion']}"
-    )
+    if r["limit_users"] is None:
+        return r["limit"]
+    return f"{r['limit_users']:,} users: {r['criterion']}"
 
 
 def to_json(value: object) -> object:
