@@ -345,7 +345,7 @@ def test_scales_further_needs_one_bracket_above_the_other(threaded, async_, orde
     a load that broke threads; brackets that overlap cannot order the servers."""
     runs = {"threaded": {"limit": _limit(*threaded)}, "async": {"limit": _limit(*async_)}}
     assert claims.which_held_more(runs["threaded"]["limit"], runs["async"]["limit"]) == order
-    assert claims.scalability(runs, {}, {})["verdict"] == verdict
+    assert claims.scalability(runs)["verdict"] == verdict
 
 
 @pytest.mark.parametrize(

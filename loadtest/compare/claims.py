@@ -17,6 +17,7 @@ tested it (``tested_by``).
 from __future__ import annotations
 
 from loadtest.compare import figures
+from loadtest.compare.figures import shown
 from loadtest.compare.steps import StepRow
 
 ARTICLE = {
@@ -94,80 +95,64 @@ BY_CLAIMS_RUN = {
 }
 
 
-def _f(value, fmt="{:.2f}", none="n/a") -> str:
-    return none if value is None else fmt.format(value)
-
-
-def _row(side, kind, claim, measurement, rule, verdict, measured) -> dict:
+def _row(key: str, claim, measurement, rule, verdict, measured) -> dict:
+    """The row of claim ``key``; one this climb does not measure names what tests it."""
+    side, kind = SIDES[key]
+    tested_by = CHAT_CLIMB
+    if key in BY_CLAIMS_RUN and verdict == NOT_MEASURED:
+        tested_by = BY_CLAIMS_RUN[key]
+        measured += f" See make claims: {tested_by}."
     return {
-        "side": side,
-        "kind": kind,
-        "claim": claim,
-        "measurement": measurement,
-        "rule": rule,
-        "measured": measured,
-        "verdict": verdict,
-    }
+        "side": side, "kind": kind, "claim": claim, "measurement": measurement, "rule": rule,
+        "measured": measured, "verdict": verdict, "key": key, "tested_by": tested_by,
+    }  # fmt: skip
 
 
 def evaluate(runs: dict, derived: dict, probes: dict, source_lines: dict) -> list[dict]:
     """All claim rows. ``runs``/``derived``/``probes`` are keyed by "threaded" and "async"."""
     t, a = derived["threaded"], derived["async"]
-    rows = [
+    return [
         _not_measured(
-            "threads", "pro", "Simplicity: threads are easy to understand and use.",
+            "threads-simplicity", "Simplicity: threads are easy to understand and use.",
             f"Context only: non-blank source lines, threaded_server/ "
             f"{source_lines.get('threaded', 'n/a')}, async_server/ "
             f"{source_lines.get('async', 'n/a')} (both on the same common/ core).",
         ),
         _not_measured(
-            "threads", "pro", "Compatibility: threads work with existing blocking code.",
+            "threads-blocking", "Compatibility: threads work with existing blocking code.",
             "A load test of two chat servers calls no third-party blocking library.",
         ),
-        _not_measured(
-            "threads", "pro", "Wide library support.", "Not a property of a run.",
-        ),
+        _not_measured("threads-libraries", "Wide library support.", "Not a property of a run."),
         gil(probes.get("threaded"), runs["threaded"]),
         thread_memory(t, a),
-        many_threads_performance(runs, t, a),
+        many_threads_performance(runs, t),
         _not_measured(
-            "threads", "con", "Shared state needs synchronization: complexity.",
-            f"Context only: receivers saw {_f(t['seq_failures'], '{:.0f}')} seq gaps or "
-            f"duplicates on the threaded server, {_f(a['seq_failures'], '{:.0f}')} on the async "
+            "threads-shared-state", "Shared state needs synchronization: complexity.",
+            f"Context only: receivers saw {shown(t['seq_failures'], '{:.0f}')} seq gaps or "
+            f"duplicates on the threaded server, {shown(a['seq_failures'], '{:.0f}')} on the async "
             "server (correctness, not complexity).",
         ),
         thousands_of_tasks(runs["async"], a),
-        scalability(runs, t, a),
+        scalability(runs),
         more_requests_less_time(runs, t, a),
         true_parallelism(probes.get("async"), a),
+        _not_measured("asyncio-shared-state", "Simpler shared state (locks, queues).",
+                      "Not a property of a run."),
+        _not_measured("asyncio-learning-curve", "Learning curve.", "Not a property of a run."),
         _not_measured(
-            "asyncio", "pro", "Simpler shared state (locks, queues).",
-            "Not a property of a run.",
-        ),
-        _not_measured(
-            "asyncio", "con", "Learning curve.", "Not a property of a run.",
-        ),
-        _not_measured(
-            "asyncio", "con", "Incompatibility with blocking libraries.",
+            "asyncio-blocking", "Incompatibility with blocking libraries.",
             "Context only: p99 event-loop lag of the async server at its last good step "
-            f"{_f(_last_ok_lag(runs['async'], a), '{:.1f} ms')} (anything blocking the loop "
+            f"{shown(_last_ok_lag(runs['async']), '{:.1f} ms')} (anything blocking the loop "
             "would show here).",
         ),
     ]  # fmt: skip
-    for row, key in zip(rows, CLAIM_KEYS, strict=True):
-        row["key"] = key
-        row["tested_by"] = CHAT_CLIMB
-        if key in BY_CLAIMS_RUN and row["verdict"] == NOT_MEASURED:
-            row["tested_by"] = BY_CLAIMS_RUN[key]
-            row["measured"] += f" See make claims: {BY_CLAIMS_RUN[key]}."
-    return rows
 
 
-def _not_measured(side, kind, claim, why) -> dict:
-    return _row(side, kind, claim, "—", "—", NOT_MEASURED, why)
+def _not_measured(key, claim, why) -> dict:
+    return _row(key, claim, "—", "—", NOT_MEASURED, why)
 
 
-def _last_ok_lag(run: dict, fig: dict) -> float | None:
+def _last_ok_lag(run: dict) -> float | None:
     r = figures.row(run, run["limit"]["last_ok_step"])
     return r.loop_lag_p99_ms if r else None
 
@@ -188,17 +173,14 @@ def gil(probe: dict | None, run: dict) -> dict:
     )
     r = _probe_row(probe)
     if r is None:
-        pinned = run["pinning"]["server_cpu"] is not None
-        why = "no unpinned probe in this profile" + (
-            "; every step pinned the server to one CPU, so it could not exceed one core"
-            if pinned
-            else ""
-        )
-        return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, why)
+        why = "no unpinned probe in this profile"
+        if run["pinning"]["server_cpu"] is not None:
+            why += "; every step pinned the server to one CPU, so it could not exceed one core"
+        return _row("threads-gil", claim, measurement, rule, NOT_MEASURED, why)
     peak, mean, machine = r.server_cpu_cores_max, r.server_cpu_cores, r.machine_cpu_mean
     measured = (
-        f"{r.users_target} users: server CPU mean {_f(mean)} cores, peak (3 s) {_f(peak)}; "
-        f"machine {_f(machine, '{:.0f}')}% busy"
+        f"{r.users_target} users: server CPU mean {shown(mean, '{:.2f}')} cores, peak (3 s) "
+        f"{shown(peak, '{:.2f}')}; machine {shown(machine, '{:.0f}')}% busy"
     )
     if peak is not None and peak > ONE_CORE:
         verdict = NOT_SUPPORTED
@@ -209,7 +191,7 @@ def gil(probe: dict | None, run: dict) -> dict:
     else:
         verdict = NOT_MEASURED
         measured += " — the server never needed a whole core, so a one-core cap was not tested"
-    return _row("threads", "con", claim, measurement, rule, verdict, measured)
+    return _row("threads-gil", claim, measurement, rule, verdict, measured)
 
 
 def thread_memory(t: dict, a: dict) -> dict:
@@ -224,20 +206,20 @@ def thread_memory(t: dict, a: dict) -> dict:
     )
     tk, ak, tt = t["kib_per_connection"], a["kib_per_connection"], t["threads_per_connection"]
     if tk is None or ak is None or tt is None or ak <= 0:
-        return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, "too few connections")
+        return _row("threads-memory", claim, measurement, rule, NOT_MEASURED, "too few connections")
     ratio = tk / ak
     verdict = (
         SUPPORTED if ratio >= MEMORY_RATIO and tt >= ONE_THREAD_PER_CONNECTION else NOT_SUPPORTED
     )
     measured = (
         f"threaded {tk:.1f} KiB/connection ({tt:.2f} threads/connection, virtual "
-        f"{_f(t['virtual_kib_per_connection'], '{:.0f}')} KiB), async {ak:.1f} KiB/connection "
-        f"({_f(a['threads_per_connection'], '{:.3f}')} threads/connection): ratio {ratio:.2f}"
+        f"{shown(t['virtual_kib_per_connection'], '{:.0f}')} KiB), async {ak:.1f} KiB/connection "
+        f"({shown(a['threads_per_connection'], '{:.3f}')} threads/connection): ratio {ratio:.2f}"
     )
-    return _row("threads", "con", claim, measurement, rule, verdict, measured)
+    return _row("threads-memory", claim, measurement, rule, verdict, measured)
 
 
-def many_threads_performance(runs: dict, t: dict, a: dict) -> dict:
+def many_threads_performance(runs: dict, t: dict) -> dict:
     claim = "With a large number of threads, performance suffers."
     measurement = "Limit in users (threaded vs async); p99 latency at the largest step both served."
     rule = (
@@ -255,8 +237,8 @@ def many_threads_performance(runs: dict, t: dict, a: dict) -> dict:
         rt, ra = common
         pt, pa = figures.p99(rt), figures.p99(ra)
         notes.append(
-            f"at {rt.users_target} users ({_f(rt.threads, '{:.0f}')} threads): p99 threaded "
-            f"{_f(pt, '{:.0f} ms')}, async {_f(pa, '{:.0f} ms')}"
+            f"at {rt.users_target} users ({shown(rt.threads, '{:.0f}')} threads): p99 threaded "
+            f"{shown(pt, '{:.0f} ms')}, async {shown(pa, '{:.0f} ms')}"
         )
         if (
             pt is not None
@@ -266,10 +248,10 @@ def many_threads_performance(runs: dict, t: dict, a: dict) -> dict:
         ):
             verdict = SUPPORTED
     elif not tl["reached"]:
-        return _row("threads", "con", claim, measurement, rule, NOT_MEASURED, "; ".join(notes))
+        return _row("threads-many", claim, measurement, rule, NOT_MEASURED, "; ".join(notes))
     if verdict == NOT_SUPPORTED:
-        notes.append(f"up to {_f(t['max_threads'], '{:.0f}')} threads")
-    return _row("threads", "con", claim, measurement, rule, verdict, "; ".join(notes))
+        notes.append(f"up to {shown(t['max_threads'], '{:.0f}')} threads")
+    return _row("threads-many", claim, measurement, rule, verdict, "; ".join(notes))
 
 
 def thousands_of_tasks(run: dict, a: dict) -> dict:
@@ -282,7 +264,7 @@ def thousands_of_tasks(run: dict, a: dict) -> dict:
     ok = a["last_ok"]
     held = ok["connections"] if ok else None
     measured = (
-        f"async held {_f(held, '{:.0f}')} connections within the SLO ({_limit(run['limit'])})"
+        f"async held {shown(held, '{:.0f}')} connections within the SLO ({_limit(run['limit'])})"
     )
     if held is not None and held >= THOUSANDS:
         verdict = SUPPORTED
@@ -290,10 +272,10 @@ def thousands_of_tasks(run: dict, a: dict) -> dict:
         verdict = NOT_SUPPORTED
     else:
         verdict = NOT_MEASURED
-    return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+    return _row("asyncio-thousands", claim, measurement, rule, verdict, measured)
 
 
-def scalability(runs: dict, t: dict, a: dict) -> dict:
+def scalability(runs: dict) -> dict:
     claim = "High scalability: asyncio scales further than threads."
     measurement = "Users at each server's limit (same steps, same scenario)."
     rule = (
@@ -310,7 +292,7 @@ def scalability(runs: dict, t: dict, a: dict) -> dict:
         "same": NOT_SUPPORTED,
         "overlap": UNDECIDED,
     }.get(which_held_more(tl, al) or "", NOT_MEASURED)
-    return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+    return _row("asyncio-scalability", claim, measurement, rule, verdict, measured)
 
 
 BRACKETS = "Each server's limit lies between its last ok step and the step that broke it."
@@ -362,14 +344,16 @@ def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
             if which_held_more(tl, al) == "overlap":
                 verdict = UNDECIDED
                 measured += f"; the brackets overlap ({_bracket(tl)} and {_bracket(al)})"
-            return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+            return _row("asyncio-throughput", claim, measurement, rule, verdict, measured)
     common = figures.largest_common_step(runs["threaded"], runs["async"])
     if not common:
-        return _row("asyncio", "pro", claim, measurement, rule, NOT_MEASURED, "no common ok step")
+        return _row(
+            "asyncio-throughput", claim, measurement, rule, NOT_MEASURED, "no common ok step"
+        )
     rt, ra = common
     ut, ua = figures.cpu_us_per_delivery(rt), figures.cpu_us_per_delivery(ra)
     if not ut or not ua:
-        return _row("asyncio", "pro", claim, measurement, rule, NOT_MEASURED, "no deliveries")
+        return _row("asyncio-throughput", claim, measurement, rule, NOT_MEASURED, "no deliveries")
     ratio = ua / ut
     verdict = SUPPORTED if ratio < 1 - SAME_WITHIN else NOT_SUPPORTED
     measured = (
@@ -377,7 +361,7 @@ def more_requests_less_time(runs: dict, t: dict, a: dict) -> dict:
         f"{ut:.1f} µs (ratio {ratio:.2f}); deliveries/s async {ra.deliveries_per_s:,.0f}, "
         f"threaded {rt.deliveries_per_s:,.0f}"
     )
-    return _row("asyncio", "pro", claim, measurement, rule, verdict, measured)
+    return _row("asyncio-throughput", claim, measurement, rule, verdict, measured)
 
 
 def true_parallelism(probe: dict | None, a: dict) -> dict:
@@ -393,11 +377,11 @@ def true_parallelism(probe: dict | None, a: dict) -> dict:
     )
     share = a["busiest_thread_share"]
     r = _probe_row(probe)
-    notes = [f"busiest thread did {_f(share, '{:.0%}')} of the server's CPU time"]
+    notes = [f"busiest thread did {shown(share, '{:.0%}')} of the server's CPU time"]
     if r is not None:
         notes.append(
-            f"probe: {_f(r.server_cpu_cores_max)} cores peak with the machine "
-            f"{_f(r.machine_cpu_mean, '{:.0f}')}% busy"
+            f"probe: {shown(r.server_cpu_cores_max, '{:.2f}')} cores peak with the machine "
+            f"{shown(r.machine_cpu_mean, '{:.0f}')}% busy"
         )
     if share is not None and share >= BUSIEST_THREAD:
         verdict = NOT_SUPPORTED
@@ -407,7 +391,7 @@ def true_parallelism(probe: dict | None, a: dict) -> dict:
         verdict = NOT_SUPPORTED
     else:
         verdict = NOT_MEASURED
-    return _row("asyncio", "pro", claim, measurement, rule, verdict, "; ".join(notes))
+    return _row("asyncio-parallelism", claim, measurement, rule, verdict, "; ".join(notes))
 
 
 def _probe_row(probe: dict | None) -> StepRow | None:

@@ -13,7 +13,10 @@ run, and the one-word reading follows the rule printed with it:
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from loadtest.compare import figures
+from loadtest.compare.figures import shown
 from loadtest.compare.steps import Criterion, StepRow
 
 CPU_BOUND = 0.90  # share of the CPU the server was given
@@ -47,30 +50,26 @@ def explain(run: dict, cpus: int) -> dict:
         parts.append(
             f"From {limit['last_ok_users']:,} users (its last good step) to {limit['users']:,}:"
         )
-    changes = [
-        _change("CPU", _cpu(good), cpu_bad, "{:.2f}", f" cores of the {given:g} it was given"),
-        _change("throttled by its CPU budget", _get(good, "throttled_per_s"),
-                _get(bad, "throttled_per_s"), "{:.2f}", " s per second"),
-        _change(f"its {_n(_get(bad, 'threads'))} threads spent", _get(good, "wait_to_run_per_s"),
-                _get(bad, "wait_to_run_per_s"), "{:.2f}", " s per second waiting to run"),
-        _change("voluntary context switches per delivery",
-                _get(good, "voluntary_switches_per_delivery"),
-                _get(bad, "voluntary_switches_per_delivery"), "{:.2f}", ""),
-        _change("involuntary context switches per delivery",
-                _get(good, "involuntary_switches_per_delivery"),
-                _get(bad, "involuntary_switches_per_delivery"), "{:.3f}", ""),
-        _change("event-loop lag p99", _get(good, "loop_lag_p99_ms"),
-                _get(bad, "loop_lag_p99_ms"), "{:,.1f}", " ms"),
-        _change("deliveries/s", _get(good, "deliveries_per_s"), _get(bad, "deliveries_per_s"),
-                "{:,.0f}", ""),
-        _change("p99", figures.p99(good), figures.p99(bad), "{:,.0f}", " ms"),
+    threads = shown(None if bad is None else bad.threads)
+    changes = [  # what, a row's attribute (or a function of the row), format, unit
+        ("CPU", _cpu, "{:.2f}", f" cores of the {given:g} it was given"),
+        ("throttled by its CPU budget", "throttled_per_s", "{:.2f}", " s per second"),
+        (f"its {threads} threads spent", "wait_to_run_per_s", "{:.2f}",
+         " s per second waiting to run"),
+        ("voluntary context switches per delivery", "voluntary_switches_per_delivery", "{:.2f}",
+         ""),
+        ("involuntary context switches per delivery", "involuntary_switches_per_delivery",
+         "{:.3f}", ""),
+        ("event-loop lag p99", "loop_lag_p99_ms", "{:,.1f}", " ms"),
+        ("deliveries/s", "deliveries_per_s", "{:,.0f}", ""),
+        ("p99", figures.p99, "{:,.0f}", " ms"),
     ]  # fmt: skip
-    parts.append("; ".join(c for c in changes if c) + ".")
+    parts.append("; ".join(filter(None, (_change(good, bad, *c) for c in changes))) + ".")
     if bad is not None:
         parts.append(
-            f"At the limit: RSS {_n((bad.rss_bytes or 0) / 2**20)} MiB, "
-            f"{_n(bad.open_fds)} fds, {_n(bad.threads)} threads, "
-            f"{_n(bad.connections)} connections."
+            f"At the limit: RSS {shown((bad.rss_bytes or 0) / 2**20)} MiB, "
+            f"{shown(bad.open_fds)} fds, {shown(bad.threads)} threads, "
+            f"{shown(bad.connections)} connections."
         )
     failures = run.get("locust_failures") or []
     if failures and bad is not None and bad.criterion in CONNECTION_CRITERIA:
@@ -96,17 +95,14 @@ def _cpu(row: StepRow | None) -> float | None:
     return row.cpu_cores_exact if row.cpu_cores_exact is not None else row.server_cpu_cores
 
 
-def _get(row: StepRow | None, key: str):
-    return None if row is None else getattr(row, key)
-
-
-def _change(what: str, before, after, fmt: str, unit: str) -> str:
+def _change(
+    good: StepRow | None, bad: StepRow | None, what: str, value, fmt: str, unit: str
+) -> str:
+    """``what`` from the good row to the bad one, or at the bad one alone ("" without it)."""
+    get = value if callable(value) else attrgetter(value)
+    before, after = (None if r is None else get(r) for r in (good, bad))
     if after is None:
         return ""
     if before is None:
         return f"{what} {fmt.format(after)}{unit}"
     return f"{what} {fmt.format(before)} → {fmt.format(after)}{unit}"
-
-
-def _n(value) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"

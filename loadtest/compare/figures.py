@@ -1,4 +1,7 @@
-"""Figures derived from one server's step rows: per-connection costs and the limit row."""
+"""Figures derived from one server's step rows: per-connection costs and the limit row.
+
+:func:`shown` writes a figure for the reports ("n/a" when it was not measured).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ def per_connection(run: dict, key: str) -> float | None:
     if max((x or 0 for x, _ in points), default=0) < MIN_CONNECTIONS_FOR_SLOPE:
         return None
     return slope(points)
+
+
+def shown(value, fmt: str = "{:,.0f}") -> str:
+    """``value`` in ``fmt``, or "n/a" for a figure that was not measured."""
+    return "n/a" if value is None else fmt.format(value)
 
 
 def row(run: dict, index: int | None) -> StepRow | None:
@@ -62,6 +70,7 @@ def derive(run: dict) -> dict:
     rss = per_connection(run, "rss_bytes")
     vms = per_connection(run, "vms_bytes")
     valid = [r for r in run["steps"] if r.outcome != Outcome.INVALID]
+    busy = [r for r in valid if (r.deliveries_per_s or 0) >= 1000]  # costs per delivery from these
     shares = [
         r.busiest_thread_share
         for r in run["steps"]
@@ -104,12 +113,8 @@ def derive(run: dict) -> dict:
         "locust_busiest_cpu_peak": max(
             (r.locust_busiest_cpu_mean or 0 for r in run["steps"]), default=None
         ),
-        "locust_us_per_delivery": _median(
-            [locust_us_per_delivery(r) for r in valid if (r.deliveries_per_s or 0) >= 1000]
-        ),
-        "server_us_per_delivery": _median(
-            [cpu_us_per_delivery(r) for r in valid if (r.deliveries_per_s or 0) >= 1000]
-        ),
+        "locust_us_per_delivery": _median([locust_us_per_delivery(r) for r in busy]),
+        "server_us_per_delivery": _median([cpu_us_per_delivery(r) for r in busy]),
     }
 
 

@@ -8,6 +8,7 @@ server hit its limit.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 import matplotlib
@@ -41,36 +42,31 @@ PLOTS = {
 }
 
 
-def _series(run: dict, x_key: str, y) -> tuple[list, list, list]:
-    """Points of one run in order of ``x_key`` (narrowing steps fall between climb steps)."""
-    xs, ys, outcomes = [], [], []
-
-    def x_of(r: StepRow):
-        return getattr(r, x_key)
-
+def _points(run: dict, x_key: str, y) -> list[tuple]:
+    """(x, y, outcome) of one run's steps in order of ``x_key`` (narrowing steps fall between
+    climb steps); ``y`` is a row's attribute name or a function of the row."""
+    value = y if callable(y) else attrgetter(y)
     climb_limit = run.get("limit") or {}
-    for r in sorted(run["steps"], key=lambda r: x_of(r) if x_of(r) is not None else -1):
+    points = []
+    for r in run["steps"]:
         if r.phase == "base" or why_not_counted(r, climb_limit):
             continue  # a repeat of a climb level, or a probe that never tested its level
-        x = x_of(r)
-        v = y(r) if callable(y) else getattr(r, y)
-        if x is None or v is None:
-            continue
-        xs.append(x)
-        ys.append(v)
-        outcomes.append(r.outcome)
-    return xs, ys, outcomes
+        x, v = getattr(r, x_key), value(r)
+        if x is not None and v is not None:
+            points.append((x, v, r.outcome))
+    return sorted(points, key=lambda point: point[0])
 
 
 def _plot(ax, run: dict, x_key: str, y, *, label_suffix="", linestyle="-", alpha=1.0):
     style = STYLE[run.get("style", run["kind"])]
-    xs, ys, outcomes = _series(run, x_key, y)
-    if not xs:
+    points = _points(run, x_key, y)
+    if not points:
         return
+    xs, ys, _outcomes = zip(*points, strict=True)
     label = style["label"].format(n=run.get("workers", ""))
     ax.plot(xs, ys, color=style["color"], linestyle=linestyle, alpha=alpha,
             label=label + label_suffix)  # fmt: skip
-    for x, v, outcome in zip(xs, ys, outcomes, strict=True):
+    for x, v, outcome in points:
         ax.plot(
             x, v, marker=style["marker"], color=style["color"], alpha=alpha,
             markerfacecolor="white" if outcome == "invalid" else style["color"],
@@ -89,6 +85,13 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_formatter(THOUSANDS)
     ax.set_xlim(left=0)
+
+
+def _slo_on_log_scale(ax, slo_ms: float) -> None:
+    """A latency axis: log scale in plain numbers, the SLO a red dotted line."""
+    ax.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
 
 
 def _legend(ax, extra_note: str | None = None) -> None:
@@ -114,9 +117,7 @@ def latency(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     for run in runs:
         _plot(ax, run, "users_target", figures.p99, label_suffix=" p99")
         _plot(ax, run, "users_target", figures.p50, label_suffix=" p50", linestyle="--", alpha=0.6)
-    ax.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _slo_on_log_scale(ax, slo_ms)
     _finish(ax, f"{name} latency seen by Locust (its last 10 s of each step)", "users",
             f"{name} latency (ms, log scale)")  # fmt: skip
     _legend(ax, MARKER_NOTE)
@@ -245,9 +246,7 @@ def scale_out(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
     for run in runs:
         _plot(left, run, "users_target", figures.p99, label_suffix=" p99")
         _plot(right, run, "users_target", "deliveries_per_s")
-    left.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
-    left.set_yscale("log")
-    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _slo_on_log_scale(left, slo_ms)
     _finish(left, f"{name} p99 (nothing pinned)", "users", f"{name} p99 (ms, log scale)")
     right.yaxis.set_major_formatter(THOUSANDS)
     right.set_ylim(bottom=0)
@@ -284,9 +283,7 @@ def connections(runs: list[dict], slo_ms: float, name: str, path: Path) -> None:
             for ax in (left, right):
                 ax.axvline(limit["users"], color=color, linestyle="--", linewidth=1,
                            label=f"{run['kind']} wall: {limit['users']:,} users")  # fmt: skip
-    right.axhline(slo_ms, color="red", linewidth=1, linestyle=":", label=f"SLO {slo_ms:.0f} ms")
-    right.set_yscale("log")
-    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    _slo_on_log_scale(right, slo_ms)
     left.set_ylim(bottom=0)
     _finish(left, "Server RSS, all its processes", "connections held", "GiB")
     _finish(right, f"{name} p99 seen by Locust", "connections held", "ms (log scale)")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from loadtest import codefacts
 from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
+from loadtest.compare.figures import shown as _n  # (loadtest.claims.report imports _n)
 from loadtest.compare.profiles import Profile
 from loadtest.compare.steps import Outcome, StepRow
 
@@ -51,7 +53,7 @@ def headline_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['server']} | {r['limit'] if r['limit_users'] is None else _limit_cell(r)} "
+            f"| {r['server']} | {_limit_cell(r)} "
             f"| {_n(r['last_ok_users'])} users | {_n(r['deliveries_per_s_last_ok'])} "
             f"| {_n(r['p99_ms_last_ok'], '{:,.0f} ms')} "
             f"| {_n(r['kib_per_connection'], '{:.1f} KiB')} "
@@ -74,11 +76,10 @@ def claims_markdown(rows: list[dict]) -> str:
 
 
 def _limit_cell(r: dict) -> str:
+    """A headline row's limit: users and criterion, or why there is none ("not reached ...")."""
+    if r["limit_users"] is None:
+        return r["limit"]
     return f"{r['limit_users']:,} users: {r['criterion']}"
-
-
-def _n(value, fmt="{:,.0f}") -> str:
-    return "n/a" if value is None else fmt.format(value)
 
 
 def to_json(value: object) -> object:
@@ -113,14 +114,11 @@ def write(
     rows = headline(runs, derived)
     lines = lines or codefacts.source_lines(root)  # context for the simplicity claim
     table = claims.evaluate(runs, derived, probes, lines) if set(KINDS) <= set(runs) else []
-    plot_titles = plots.draw_all(
-        [runs[k] for k in KINDS if k in runs], derived, profile.limits.slo_ms, latency_name, out
-    )
+    servers, slo_ms = [runs[k] for k in KINDS if k in runs], profile.limits.slo_ms
+    plot_titles = plots.draw_all(servers, derived, slo_ms, latency_name, out)
     if profile.spread:
         file, title = plots.CONNECTIONS_PLOT
-        plots.connections(
-            [runs[k] for k in KINDS if k in runs], profile.limits.slo_ms, latency_name, out / file
-        )
+        plots.connections(servers, slo_ms, latency_name, out / file)
         plot_titles = {file: title, **plot_titles}
     scale = None
     if scale_out:
@@ -129,9 +127,7 @@ def write(
         for index, name in enumerate(ordered):
             scale_out[name]["style"] = "scale-1" if index == 0 else "scale-n"
         file, title = plots.SCALE_OUT_PLOT
-        plots.scale_out(
-            [scale_out[n] for n in ordered], profile.limits.slo_ms, latency_name, out / file
-        )
+        plots.scale_out([scale_out[n] for n in ordered], slo_ms, latency_name, out / file)
         plot_titles[file] = title
         scale = {
             "headline": headline(scale_out, scale_derived, ordered),
@@ -337,14 +333,12 @@ def _claims_html(summary: dict) -> str:
         + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
         + ".</p>"
     )
-    body, classes = [], []
-    for c in summary["claims"]:
-        body.append([
-            _e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
-            _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]),
-            f"<b>{_e(c['verdict'])}</b>",
-        ])  # fmt: skip
-        classes.append(c["verdict"].replace(" ", "").replace("here", ""))
+    body = [
+        [_e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
+         _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>"]
+        for c in summary["claims"]
+    ]  # fmt: skip
+    classes = [c["verdict"].replace(" ", "").replace("here", "") for c in summary["claims"]]
     head = ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"]
     return intro + "\n" + _table(head, body, classes)
 
@@ -383,9 +377,8 @@ def _files_html(summary: dict, out: Path) -> str:
 def _budget_html(summary: dict) -> str:
     """The CPU budget and the load generator: what each cost per delivered message."""
     budget = summary.get("budget") or {}
-    servers = summary["servers"]
     costs = []
-    for kind, server in servers.items():
+    for kind, server in summary["servers"].items():
         d = server["derived"]
         costs.append(
             f"{_e(kind)} run: Locust {_n(d.get('locust_us_per_delivery'), '{:.1f}')} µs, the "
@@ -435,7 +428,7 @@ def _headline_html(rows: list[dict]) -> str:
     for r in rows:
         body.append([
             f"<b>{_e(r['server'])}</b>",
-            _e(_limit_cell(r) if r["limit_users"] is not None else r["limit"]),
+            _e(_limit_cell(r)),
             _e(_n(r["last_ok_users"])),
             _e(_n(r["deliveries_per_s_last_ok"])),
             _e(_n(r["p99_ms_last_ok"], "{:,.0f} ms")),
@@ -454,39 +447,37 @@ def _headline_html(rows: list[dict]) -> str:
 
 
 STEP_CLASS = {Outcome.INVALID: "invalid", Outcome.LIMIT: "limit", Outcome.TRANSIENT: "invalid"}
+# The step table's columns: the header, and the cell of a row under it.
+STEP_COLUMNS: tuple[tuple[str, Callable[[StepRow], object]], ...] = (
+    ("phase", lambda r: r.phase or ""),
+    ("users", lambda r: r.users_target),
+    ("conns", lambda r: _n(r.connections) + ("" if r.settled else " (not all up)")),
+    ("p50 ms", lambda r: _n(figures.p50(r), "{:,.0f}")),
+    ("p99 ms", lambda r: _n(figures.p99(r), "{:,.0f}")),
+    ("server fan-out p99 ms", lambda r: _n(r.server_fanout_p99_ms, "{:,.1f}")),
+    ("loop lag p99 ms", lambda r: _n(r.loop_lag_p99_ms, "{:,.1f}")),
+    ("deliveries/s", lambda r: _n(r.deliveries_per_s)),
+    ("server CPU (own counter)", lambda r: _n(r.server_cpu_cores, "{:.2f}")),
+    ("server CPU (threads, exact)", lambda r: _n(r.cpu_cores_exact, "{:.2f}")),
+    ("throttled s/s", lambda r: _n(r.throttled_per_s, "{:.2f}")),
+    ("waiting to run s/s", lambda r: _n(r.wait_to_run_per_s, "{:.2f}")),
+    ("involuntary switches / delivery",
+     lambda r: _n(r.involuntary_switches_per_delivery, "{:.3f}")),
+    ("Locust CPU %", lambda r: _n(r.locust_cpu_mean, "{:.0f}")),
+    ("other processes CPU", lambda r: _n(r.other_cpu_cores, "{:.2f}")),
+    ("busiest server thread", lambda r: _n(r.busiest_thread_share, "{:.0%}")),
+    ("RSS MiB", lambda r: _n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
+    ("threads", lambda r: _n(r.threads)),
+    ("fds", lambda r: _n(r.open_fds)),
+    ("failures %", lambda r: f"{100 * r.failure_ratio:.2f}"),
+    ("disconnects", lambda r: ", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
+    ("outcome", lambda r: r.outcome + (f": {r.reason}" if r.reason else "")),
+)  # fmt: skip
 
 
 def _steps_html(rows: list[StepRow]) -> str:
-    body, classes = [], []
-    for r in rows:
-        body.append([
-            _e(r.phase or ""), _e(r.users_target),
-            _e(_n(r.connections) + ("" if r.settled else " (not all up)")),
-            _e(_n(figures.p50(r), "{:,.0f}")), _e(_n(figures.p99(r), "{:,.0f}")),
-            _e(_n(r.server_fanout_p99_ms, "{:,.1f}")),
-            _e(_n(r.loop_lag_p99_ms, "{:,.1f}")),
-            _e(_n(r.deliveries_per_s)),
-            _e(_n(r.server_cpu_cores, "{:.2f}")),
-            _e(_n(r.cpu_cores_exact, "{:.2f}")),
-            _e(_n(r.throttled_per_s, "{:.2f}")),
-            _e(_n(r.wait_to_run_per_s, "{:.2f}")),
-            _e(_n(r.involuntary_switches_per_delivery, "{:.3f}")),
-            _e(_n(r.locust_cpu_mean, "{:.0f}")),
-            _e(_n(r.other_cpu_cores, "{:.2f}")),
-            _e(_n(r.busiest_thread_share, "{:.0%}")),
-            _e(_n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
-            _e(_n(r.threads)), _e(_n(r.open_fds)),
-            _e(f"{100 * r.failure_ratio:.2f}"),
-            _e(", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
-            _e(r.outcome + (f": {r.reason}" if r.reason else "")),
-        ])  # fmt: skip
-        classes.append(STEP_CLASS.get(r.outcome, ""))
     return _table(
-        ["phase", "users", "conns", "p50 ms", "p99 ms", "server fan-out p99 ms",
-         "loop lag p99 ms", "deliveries/s", "server CPU (own counter)",
-         "server CPU (threads, exact)", "throttled s/s", "waiting to run s/s",
-         "involuntary switches / delivery", "Locust CPU %", "other processes CPU",
-         "busiest server thread", "RSS MiB", "threads", "fds",
-         "failures %", "disconnects", "outcome"],
-        body, classes,
-    )  # fmt: skip
+        [head for head, _ in STEP_COLUMNS],
+        [[_e(cell(r)) for _, cell in STEP_COLUMNS] for r in rows],
+        [STEP_CLASS.get(r.outcome, "") for r in rows],
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loadtest.compare import figures
 from loadtest.compare.steps import StepRow
 from loadtest.taskcap import TaskCap
 
@@ -46,7 +47,7 @@ def describe(run: dict, machine: dict) -> str | None:
     limit = run.get("limit") or {}
     if not limit.get("reached"):
         return None
-    row = next((r for r in run["steps"] if r.index == limit.get("step")), None)
+    row = figures.row(run, limit.get("step"))
     # The run the limit step belongs to: the climb, or one of the narrowing runs.
     source = next((n for n in run.get("narrowing") or [] if row and n.get("name") == row.run), run)
     wall = source.get("wall") or {}
