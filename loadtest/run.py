@@ -15,6 +15,7 @@ Everything after ``--`` goes to Locust unchanged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import time
@@ -66,15 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ui:
         command += ["--web-host", "127.0.0.1", "--web-port", "8089"]
     else:
-        command += [
-            "--headless",
-            "--csv",
-            str(out / "locust"),
-            "--html",
-            str(out / "report.html"),
-            "--logfile",
-            str(out / "locust.log"),
-        ]
+        command += ["--headless", "--csv", str(out / "locust"), "--html",
+                    str(out / "report.html"), "--logfile", str(out / "locust.log")]  # fmt: skip
     command += locust_args
     print("$", " ".join(command), flush=True)
     try:
@@ -83,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         returncode = 130
     finally:
         if server is not None:
-            try:
+            with contextlib.suppress(OSError):
                 (out / "server_metrics.txt").write_text(server.metrics_text())
-            except OSError:
-                pass
             server.stop()
     if not args.ui:
         print(f"reports in {out} (locust exit code {returncode})")
