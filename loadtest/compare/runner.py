@@ -273,8 +273,9 @@ class StepDriver:
 
     def mark(self) -> Mark:
         tasks: dict = {}
-        for pid in _process_tree(self.server.pid):
-            tasks.update({(pid, tid): v for tid, v in (schedstat.task_times(pid) or {}).items()})
+        for proc in sampler.process_tree(self.server.pid):
+            times = schedstat.task_times(proc.pid) or {}
+            tasks.update({(proc.pid, tid): v for tid, v in times.items()})
         throttled = self.cpu_budget.throttled() if self.cpu_budget else None
         return Mark(time.time(), tasks or None, throttled)
 
@@ -361,10 +362,10 @@ class StepDriver:
         try:
             stop_reason = self._loop(locust, take)
         finally:
-            locust_tree, server_tree = _process_tree(locust.pid), _process_tree(self.server.pid)
+            trees = sampler.process_tree(locust.pid) + sampler.process_tree(self.server.pid)
             locust_exit = _stop(locust)
             server_exit = self.server.stop()
-            _kill_leftovers(locust_tree + server_tree)
+            _kill_leftovers(trees)
             locust_log.close()
             sample_file.close()
 
@@ -507,19 +508,12 @@ def evidence(first: Mark | None, last: Mark | None, row: steps.StepRow) -> dict:
     return out
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the workers of a ``--workers`` server)."""
-    with contextlib.suppress(psutil.Error):
-        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
-    return [pid]
-
-
-def _kill_leftovers(pids: list[int]) -> None:
+def _kill_leftovers(procs: list[psutil.Process]) -> None:
     """SIGKILL what is left of stopped process trees: workers that outlived their
-    supervisor or master would hold ports, CPU and connections into the next run."""
-    for pid in pids:
+    supervisor or master would hold ports, CPU and connections into the next run
+    (psutil checks that each pid is still the process it was)."""
+    for proc in procs:
         with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE:
                 proc.kill()
 

@@ -84,6 +84,16 @@ def locust_view(flat: dict | None, latency_name: str) -> dict | None:
     }
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and its descendants (the workers of a ``--workers`` server,
+    Locust's ``--processes``); none once it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 class ProcessCpu:
     """CPU % of a process and of each of its children between two calls (one core = 100)."""
 
@@ -91,17 +101,9 @@ class ProcessCpu:
         self.pid = pid
         self._last: tuple[float, dict[int, float]] | None = None
 
-    def _tree(self) -> list[psutil.Process]:
-        """The process and its children (none once it is gone)."""
-        try:
-            root = psutil.Process(self.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
     def _cpu_seconds(self) -> dict[int, float] | None:
         out = {}
-        for proc in self._tree():
+        for proc in process_tree(self.pid):
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 out[proc.pid] = times.user + times.system
@@ -110,7 +112,7 @@ class ProcessCpu:
     def rss(self) -> int | None:
         """Resident memory of the process and its children, bytes."""
         total = None
-        for proc in self._tree():
+        for proc in process_tree(self.pid):
             with contextlib.suppress(psutil.Error):
                 total = (total or 0) + proc.memory_info().rss
         return total
