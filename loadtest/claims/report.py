@@ -16,12 +16,13 @@ from pathlib import Path
 from loadtest import codefacts
 from loadtest.claims import blocking, cpubound, plots, sharedstate, verdicts
 from loadtest.compare import claims as compare_claims
+from loadtest.compare.figures import shown as _n
 from loadtest.compare.report import (  # the comparison report's parts
     CSS,
     _e,
-    _n,
     _table,
     claims_markdown,
+    claims_table_html,
 )
 
 
@@ -147,21 +148,12 @@ def render_html(summary: dict, out: Path) -> str:
             "steps than each section describes; its tables show what ran. Its verdicts "
             "are not the project's.</p>"
         )
-    claims = summary["claims"]
-    body = [
-        [_e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c["tested_by"]),
-         _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>"]
-        for c in claims
-    ]  # fmt: skip
-    classes = [c["verdict"].replace(" ", "").replace("here", "") for c in claims]
     parts += [
         "<h2>Claims</h2>",
         "<p class='small'>Thresholds: "
         + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
         + ".</p>",
-        _table(
-            ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"], body, classes
-        ),
+        claims_table_html(summary["claims"]),
     ]
     if summary.get("blocking"):
         parts += [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from loadtest import codefacts
 from loadtest.compare import claims, connections, diagnosis, figures, knee, plots, steps
-from loadtest.compare.figures import shown as _n  # (loadtest.claims.report imports _n)
+from loadtest.compare.figures import shown
 from loadtest.compare.profiles import Profile
 from loadtest.compare.steps import Outcome, StepRow
 
@@ -54,11 +54,11 @@ def headline_markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['server']} | {_limit_cell(r)} "
-            f"| {_n(r['last_ok_users'])} users | {_n(r['deliveries_per_s_last_ok'])} "
-            f"| {_n(r['p99_ms_last_ok'], '{:,.0f} ms')} "
-            f"| {_n(r['kib_per_connection'], '{:.1f} KiB')} "
-            f"| {_n(r['threads_per_connection'], '{:.2f}')} "
-            f"| {_n(r['server_cpu_cores_last_ok'], '{:.2f} cores')} |"
+            f"| {shown(r['last_ok_users'])} users | {shown(r['deliveries_per_s_last_ok'])} "
+            f"| {shown(r['p99_ms_last_ok'], '{:,.0f} ms')} "
+            f"| {shown(r['kib_per_connection'], '{:.1f} KiB')} "
+            f"| {shown(r['threads_per_connection'], '{:.2f}')} "
+            f"| {shown(r['server_cpu_cores_last_ok'], '{:.2f} cores')} |"
         )
     return "\n".join(lines)
 
@@ -333,14 +333,20 @@ def _claims_html(summary: dict) -> str:
         + ", ".join(f"{_e(k)} = {_e(v)}" for k, v in summary["thresholds"].items())
         + ".</p>"
     )
+    return intro + "\n" + claims_table_html(summary["claims"])
+
+
+def claims_table_html(rows: list[dict]) -> str:
+    """The claims table (the comparison's and the claims run's), a row per claim, each
+    row's class its verdict."""
     body = [
         [_e(f"{c['side']} {c['kind']}"), _e(c["claim"]), _e(c.get("tested_by", "")),
          _e(c["measurement"]), _e(c["rule"]), _e(c["measured"]), f"<b>{_e(c['verdict'])}</b>"]
-        for c in summary["claims"]
+        for c in rows
     ]  # fmt: skip
-    classes = [c["verdict"].replace(" ", "").replace("here", "") for c in summary["claims"]]
+    classes = [c["verdict"].replace(" ", "").replace("here", "") for c in rows]
     head = ["", "claim", "tested by", "measurement", "rule", "this run", "verdict"]
-    return intro + "\n" + _table(head, body, classes)
+    return _table(head, body, classes)
 
 
 def _server_steps_html(kind: str, server: dict) -> str:
@@ -381,10 +387,10 @@ def _budget_html(summary: dict) -> str:
     for kind, server in summary["servers"].items():
         d = server["derived"]
         costs.append(
-            f"{_e(kind)} run: Locust {_n(d.get('locust_us_per_delivery'), '{:.1f}')} µs, the "
-            f"server {_n(d.get('server_us_per_delivery'), '{:.1f}')} µs of CPU per delivered "
+            f"{_e(kind)} run: Locust {shown(d.get('locust_us_per_delivery'), '{:.1f}')} µs, the "
+            f"server {shown(d.get('server_us_per_delivery'), '{:.1f}')} µs of CPU per delivered "
             f"message (medians over its valid steps); {_e(d.get('locust_processes'))} Locust "
-            f"process(es), busiest at {_n(d.get('locust_busiest_cpu_peak'), '{:.0f}')} % of a "
+            f"process(es), busiest at {shown(d.get('locust_busiest_cpu_peak'), '{:.0f}')} % of a "
             "core at most"
         )
     head = (
@@ -429,14 +435,14 @@ def _headline_html(rows: list[dict]) -> str:
         body.append([
             f"<b>{_e(r['server'])}</b>",
             _e(_limit_cell(r)),
-            _e(_n(r["last_ok_users"])),
-            _e(_n(r["deliveries_per_s_last_ok"])),
-            _e(_n(r["p99_ms_last_ok"], "{:,.0f} ms")),
-            _e(_n(r["kib_per_connection"], "{:.1f} KiB")),
-            _e(_n(r["threads_per_connection"], "{:.2f}")),
-            _e(_n(r["server_cpu_cores_last_ok"], "{:.2f}")),
-            _e(_n(r["server_cpu_cores_at_limit"], "{:.2f}")),
-            _e(_n(r["cpu_us_per_delivery_last_ok"], "{:.1f}")),
+            _e(shown(r["last_ok_users"])),
+            _e(shown(r["deliveries_per_s_last_ok"])),
+            _e(shown(r["p99_ms_last_ok"], "{:,.0f} ms")),
+            _e(shown(r["kib_per_connection"], "{:.1f} KiB")),
+            _e(shown(r["threads_per_connection"], "{:.2f}")),
+            _e(shown(r["server_cpu_cores_last_ok"], "{:.2f}")),
+            _e(shown(r["server_cpu_cores_at_limit"], "{:.2f}")),
+            _e(shown(r["cpu_us_per_delivery_last_ok"], "{:.1f}")),
         ])  # fmt: skip
     return _table(
         ["server", "limit", "last good step (users)", "deliveries/s there", "p99 there",
@@ -451,24 +457,24 @@ STEP_CLASS = {Outcome.INVALID: "invalid", Outcome.LIMIT: "limit", Outcome.TRANSI
 STEP_COLUMNS: tuple[tuple[str, Callable[[StepRow], object]], ...] = (
     ("phase", lambda r: r.phase or ""),
     ("users", lambda r: r.users_target),
-    ("conns", lambda r: _n(r.connections) + ("" if r.settled else " (not all up)")),
-    ("p50 ms", lambda r: _n(figures.p50(r), "{:,.0f}")),
-    ("p99 ms", lambda r: _n(figures.p99(r), "{:,.0f}")),
-    ("server fan-out p99 ms", lambda r: _n(r.server_fanout_p99_ms, "{:,.1f}")),
-    ("loop lag p99 ms", lambda r: _n(r.loop_lag_p99_ms, "{:,.1f}")),
-    ("deliveries/s", lambda r: _n(r.deliveries_per_s)),
-    ("server CPU (own counter)", lambda r: _n(r.server_cpu_cores, "{:.2f}")),
-    ("server CPU (threads, exact)", lambda r: _n(r.cpu_cores_exact, "{:.2f}")),
-    ("throttled s/s", lambda r: _n(r.throttled_per_s, "{:.2f}")),
-    ("waiting to run s/s", lambda r: _n(r.wait_to_run_per_s, "{:.2f}")),
+    ("conns", lambda r: shown(r.connections) + ("" if r.settled else " (not all up)")),
+    ("p50 ms", lambda r: shown(figures.p50(r), "{:,.0f}")),
+    ("p99 ms", lambda r: shown(figures.p99(r), "{:,.0f}")),
+    ("server fan-out p99 ms", lambda r: shown(r.server_fanout_p99_ms, "{:,.1f}")),
+    ("loop lag p99 ms", lambda r: shown(r.loop_lag_p99_ms, "{:,.1f}")),
+    ("deliveries/s", lambda r: shown(r.deliveries_per_s)),
+    ("server CPU (own counter)", lambda r: shown(r.server_cpu_cores, "{:.2f}")),
+    ("server CPU (threads, exact)", lambda r: shown(r.cpu_cores_exact, "{:.2f}")),
+    ("throttled s/s", lambda r: shown(r.throttled_per_s, "{:.2f}")),
+    ("waiting to run s/s", lambda r: shown(r.wait_to_run_per_s, "{:.2f}")),
     ("involuntary switches / delivery",
-     lambda r: _n(r.involuntary_switches_per_delivery, "{:.3f}")),
-    ("Locust CPU %", lambda r: _n(r.locust_cpu_mean, "{:.0f}")),
-    ("other processes CPU", lambda r: _n(r.other_cpu_cores, "{:.2f}")),
-    ("busiest server thread", lambda r: _n(r.busiest_thread_share, "{:.0%}")),
-    ("RSS MiB", lambda r: _n((r.rss_bytes or 0) / 2**20, "{:.0f}")),
-    ("threads", lambda r: _n(r.threads)),
-    ("fds", lambda r: _n(r.open_fds)),
+     lambda r: shown(r.involuntary_switches_per_delivery, "{:.3f}")),
+    ("Locust CPU %", lambda r: shown(r.locust_cpu_mean, "{:.0f}")),
+    ("other processes CPU", lambda r: shown(r.other_cpu_cores, "{:.2f}")),
+    ("busiest server thread", lambda r: shown(r.busiest_thread_share, "{:.0%}")),
+    ("RSS MiB", lambda r: shown((r.rss_bytes or 0) / 2**20, "{:.0f}")),
+    ("threads", lambda r: shown(r.threads)),
+    ("fds", lambda r: shown(r.open_fds)),
     ("failures %", lambda r: f"{100 * r.failure_ratio:.2f}"),
     ("disconnects", lambda r: ", ".join(f"{k} {v:.0f}" for k, v in r.disconnects.items()) or "-"),
     ("outcome", lambda r: r.outcome + (f": {r.reason}" if r.reason else "")),
