@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from loadtest.compare import runner
-from loadtest.compare.steps import _mean
+from loadtest.compare.steps import mean_known
 
 SAY_CPU_MS = 10.0
 SAY_EVERY = 0.25  # s: 4 says/s per user, under the servers' 20/s rate limit
@@ -57,7 +57,7 @@ def _machine_cpu(out: Path, result: dict) -> dict[int, float | None]:
         return {}
     samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {
-        row.index: _mean(
+        row.index: mean_known(
             [s.get("machine_cpu") for s in samples if row.ramp_end + 1 <= s["t"] <= row.end]
         )
         for row in result["steps"]

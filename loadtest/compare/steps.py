@@ -163,7 +163,8 @@ def _mean_ms(a: dict | None, b: dict | None, count: float | None) -> float | Non
     return 1000.0 * (after - before) / count
 
 
-def _mean(values: list[float]) -> float | None:
+def mean_known(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (None when none is)."""
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -347,14 +348,14 @@ def summarize(
         rejected=_by_reason(first, last, "server", "rejected"),
         disconnects=_by_reason(first, last, "server", "disconnects"),
         dropped=_by_reason(first, last, "server", "dropped"),
-        locust_cpu_mean=_mean([s.get("locust_cpu") for s in inside]),
+        locust_cpu_mean=mean_known([s.get("locust_cpu") for s in inside]),
         locust_cpu_max=max(
             (s["locust_cpu"] for s in inside if s.get("locust_cpu") is not None), default=None
         ),
-        locust_busiest_cpu_mean=_mean(
+        locust_busiest_cpu_mean=mean_known(
             [s.get("locust_cpu_busiest", s.get("locust_cpu")) for s in inside]
         ),
-        machine_cpu_mean=_mean([s.get("machine_cpu") for s in inside]),
+        machine_cpu_mean=mean_known([s.get("machine_cpu") for s in inside]),
         server_missed_scrapes=sum(
             1 for s in samples if start <= s["t"] <= end and s.get("server") is None
         ),
