@@ -133,8 +133,8 @@ def _row(
     # What else ran: the machine's busy CPUs less the server and the load client (the
     # coordinator's share is small), and the time the hypervisor gave to other guests.
     busy, steal = (b - a for a, b in zip(before.machine, after.machine, strict=True))
-    client_cpu = row["client_cpu_util"] * row["seconds"]
-    row["others_cpu_util"] = round(max(0.0, busy - server_cpu - client_cpu) / seconds, 3)
+    client_in_window = row["client_cpu_util"] * row["seconds"]  # its rate over the server's window
+    row["others_cpu_util"] = round(max(0.0, busy - server_cpu - client_in_window) / seconds, 3)
     row["steal_util"] = round(steal / seconds, 3)
     return row
 
